@@ -1,0 +1,36 @@
+# One entry point. `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUNS   := runs
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup java demo test test-fast lint bench clean
+
+$(BIN)/ugsep: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/ugsep java
+
+java:  ## Spark needs a JVM; install Java 17 if none is on PATH
+	@command -v java >/dev/null 2>&1 || { echo "installing openjdk-17-jre-headless"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openjdk-17-jre-headless; }
+
+demo: setup  ## train a small model (or reuse it), then score a synthetic day
+	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --epochs 2 --out $(RUNS)/model
+	$(BIN)/ugsep score-local --ckpt $(RUNS)/model --users 2000
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check ugsep features jobs pipelines cli tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/split_vs_full.py
+
+clean:
+	rm -rf $(RUNS) .pytest_cache

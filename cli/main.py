@@ -1,0 +1,129 @@
+"""The ``ugsep`` command: one entry point, subcommands defined next to what they run.
+
+Heavy imports (torch, Spark) happen inside each command so ``ugsep --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=("synthetic", "movielens-100k"), default="synthetic",
+                   help="training data: a seeded synthetic day, or MovieLens-100k files")
+    p.add_argument("--data-dir", help="folder holding u.data, u.user, u.item (movielens-100k)")
+
+
+def _report(model, test, extra: dict) -> dict:
+    from ugsep.train import evaluate
+
+    cands_per_user = len(test) / max(test.n_users, 1)
+    out = evaluate(model, test)
+    out.update(
+        params=model.num_params(),
+        flops_per_candidate=round(model.flops_per_candidate(cands_per_user)),
+        flops_per_candidate_at_1=round(model.flops_per_candidate(1.0)),
+        candidates_per_user=round(cands_per_user, 2),
+        arch=model.cfg.arch,
+        compensation=model.cfg.uses_compensation,
+        test_rows=len(test),
+        **extra,
+    )
+    return out
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from ugsep.checkpoint import save_checkpoint
+    from ugsep.data.datasets import load_dataset
+    from ugsep.model import ModelConfig
+    from ugsep.train import TrainConfig, train_model
+
+    t0 = time.perf_counter()
+    spec, train, test = load_dataset(a.dataset, a.data_dir, a.seed)
+    cfg = ModelConfig(arch=a.arch, compensation=a.compensation, d_model=a.d_model,
+                      n_user_tokens=a.user_tokens, n_group_tokens=a.group_tokens, n_layers=a.layers)
+    print(f"training {a.arch} on {a.dataset}: {len(train):,} train / {len(test):,} test rows, "
+          f"{train.n_users:,} users", file=sys.stderr, flush=True)
+    model = train_model(spec, cfg, train, TrainConfig(epochs=a.epochs, seed=a.seed, batch_size=a.batch_size))
+    version = save_checkpoint(model.cpu(), a.out, extra={"dataset": a.dataset, "seed": a.seed})
+    print(json.dumps(_report(model, test, {"model_version": version,
+                                           "seconds": round(time.perf_counter() - t0, 1)})))
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from ugsep.checkpoint import load_checkpoint
+    from ugsep.data.datasets import load_dataset
+
+    model, version = load_checkpoint(a.ckpt)
+    _, _, test = load_dataset(a.dataset, a.data_dir, a.seed)
+    print(json.dumps(_report(model, test, {"model_version": version})))
+    return 0
+
+
+def cmd_score_local(a: argparse.Namespace) -> int:
+    from ugsep.checkpoint import load_checkpoint
+    from ugsep.local_scoring import score_day_in_memory
+
+    model, version = load_checkpoint(a.ckpt)
+    summary = score_day_in_memory(model, n_users=a.users, seed=a.seed, batch_users=a.batch_users)
+    summary["model_version"] = version
+    print(json.dumps(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ugsep",
+        description="Batch scoring for UG-Sep ranking models: train, encode users once, score groups.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model and save a checkpoint",
+                       description="Train rankmixer or ugsep; the last stdout line is a JSON report.")
+    _add_dataset_args(t)
+    t.add_argument("--arch", choices=("rankmixer", "ugsep"), default="ugsep")
+    t.add_argument("--compensation", action=argparse.BooleanOptionalAction, default=True,
+                   help="information compensation for the masked user-item interaction (ugsep)")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=512)
+    t.add_argument("--d-model", type=int, default=64)
+    t.add_argument("--user-tokens", type=int, default=4)
+    t.add_argument("--group-tokens", type=int, default=4)
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--out", required=True, help="checkpoint directory to write")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split",
+                       description="Print the same JSON report as train for a saved checkpoint.")
+    e.add_argument("--ckpt", required=True)
+    _add_dataset_args(e)
+    e.add_argument("--seed", type=int, default=0, help="dataset seed (must match training)")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("score-local", help="split-score a synthetic day in memory (no Spark)",
+                       description="Generate a synthetic day, encode each user once, score all "
+                                   "candidates, print a JSON summary.")
+    s.add_argument("--ckpt", required=True)
+    s.add_argument("--users", type=int, default=2000)
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--batch-users", type=int, default=256, help="users per model call")
+    s.set_defaults(func=cmd_score_local)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        print(f"ugsep {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

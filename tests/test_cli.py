@@ -1,0 +1,41 @@
+"""The ugsep console script, run as a user would (a real subprocess)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from movielens_fixture import write_movielens_fixture
+
+
+def ugsep(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr)
+    return p
+
+
+@pytest.mark.parametrize("cmd", ["train", "eval", "score-local"])
+def test_every_subcommand_has_help(cmd):
+    assert "usage: ugsep " + cmd in ugsep(cmd, "--help").stdout
+
+
+def test_train_then_eval_on_movielens_format(tmp_path):
+    write_movielens_fixture(tmp_path / "ml")
+    out = ugsep("train", "--dataset", "movielens-100k", "--data-dir", str(tmp_path / "ml"),
+                "--epochs", "1", "--out", str(tmp_path / "ck"))
+    lines = out.stdout.strip().splitlines()
+    report = json.loads(lines[-1])  # the last line is the JSON report, nothing after it
+    for key in ("auc", "uauc", "logloss", "params", "flops_per_candidate", "model_version"):
+        assert key in report
+    assert 0 <= report["auc"] <= 1
+    again = json.loads(ugsep("eval", "--ckpt", str(tmp_path / "ck"), "--dataset", "movielens-100k",
+                             "--data-dir", str(tmp_path / "ml")).stdout.strip().splitlines()[-1])
+    assert again["auc"] == pytest.approx(report["auc"]) and again["model_version"] == report["model_version"]
+
+
+def test_bad_input_gives_clear_error(tmp_path):
+    p = ugsep("eval", "--ckpt", str(tmp_path / "missing"), check=False)
+    assert p.returncode == 2 and "missing" in p.stderr and "Traceback" not in p.stderr
+    p = ugsep("train", "--dataset", "movielens-100k", "--out", str(tmp_path), check=False)
+    assert p.returncode == 2 and "--data-dir" in p.stderr

@@ -1,0 +1,120 @@
+"""Split inference (encode_users + score_groups) must equal the full forward."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ugsep.data.ranking_data import batch_tensors
+from ugsep.model import ModelConfig, SplitInferenceError
+from ugsep.state import UserState
+
+
+@pytest.mark.parametrize("pool", ["group", "all"])
+@pytest.mark.parametrize("compensation", [True, False])
+def test_split_equals_full_forward(small_day, pool, compensation):
+    model = make_model(pool=pool, compensation=compensation)
+    users, items, idx, _ = batch_tensors(small_day, np.arange(len(small_day)))
+    counts = np.bincount(idx.numpy())
+    assert counts.min() == 1 and counts.max() >= 1000  # 1 candidate and thousands are covered
+    with torch.no_grad():
+        full = model(users, items, idx)
+        split = model.score_groups(model.encode_users(users), items, idx)
+    assert full.std() > 0.1  # logits are spread, so 1e-5 is a real bound
+    torch.testing.assert_close(split, full, rtol=0, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    tokens=st.sampled_from([(1, 1), (2, 2), (4, 4), (6, 2), (2, 6)]),
+    layers=st.integers(1, 3),
+    pool=st.sampled_from(["group", "all"]),
+)
+def test_split_equals_full_random_models(small_day, seed, tokens, layers, pool):
+    tu, tg = tokens
+    model = make_model(seed, n_user_tokens=tu, n_group_tokens=tg, d_model=8 * (tu + tg),
+                       n_layers=layers, pool=pool, comp_rank=5)
+    sel = np.random.default_rng(seed).choice(len(small_day), 300, replace=False)
+    users, items, idx, _ = batch_tensors(small_day, sel)
+    with torch.no_grad():
+        state = UserState.from_flat(model.encode_users(users).to_flat(), model.state_layout)
+        torch.testing.assert_close(model.score_groups(state, items, idx), model(users, items, idx),
+                                   rtol=0, atol=1e-5)
+
+
+def test_user_state_ignores_group_tokens_in_full_forward(small_day):
+    """Under ugsep the candidate's items cannot change what user positions compute."""
+    model = make_model()
+    users, items, idx, _ = batch_tensors(small_day, np.arange(50))
+    outs = []
+    hook = model.blocks[-1].register_forward_hook(lambda m, i, o: outs.append(o[:, :4].clone()))
+    shuffled = {k: v[torch.randperm(len(v))] for k, v in items.items()}
+    with torch.no_grad():
+        model(users, items, idx)
+        model(users, shuffled, idx)
+    hook.remove()
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_rankmixer_user_tokens_do_see_items(small_day):
+    """The control for the test above: without the mask, user positions read item content."""
+    model = make_model(arch="rankmixer")
+    users, items, idx, _ = batch_tensors(small_day, np.arange(50))
+    outs = []
+    hook = model.blocks[-1].register_forward_hook(lambda m, i, o: outs.append(o[:, :4].clone()))
+    shuffled = {k: v[torch.randperm(len(v))] for k, v in items.items()}
+    with torch.no_grad():
+        model(users, items, idx)
+        model(users, shuffled, idx)
+    hook.remove()
+    assert (outs[0] - outs[1]).abs().max() > 1e-3
+
+
+def test_state_without_compensation_changes_scores(small_day):
+    """Compensation is live: dropping it from the state changes the logits."""
+    model = make_model(compensation=True)
+    users, items, idx, _ = batch_tensors(small_day, np.arange(200))
+    with torch.no_grad():
+        state = model.encode_users(users)
+        state.comp = torch.zeros_like(state.comp)
+        assert (model.score_groups(state, items, idx) - model(users, items, idx)).abs().max() > 1e-3
+
+
+def test_rankmixer_refuses_split_api(small_day):
+    model = make_model(arch="rankmixer")
+    users, items, idx, _ = batch_tensors(small_day, np.arange(10))
+    with pytest.raises(SplitInferenceError, match="no user-only state"):
+        model.encode_users(users)
+    with pytest.raises(SplitInferenceError):
+        model.score_groups(None, items, idx)
+
+
+def test_flat_state_has_fixed_width_and_roundtrips(small_day):
+    model = make_model(pool="all")
+    users, _, _, _ = batch_tensors(small_day, np.arange(100))
+    state = model.encode_users(users)
+    flat = state.to_flat()
+    assert flat.shape == (len(users["user_id"]), model.state_layout.width)
+    back = UserState.from_flat(flat, model.state_layout)
+    for a, b in [(state.heads, back.heads), (state.comp, back.comp), (state.pooled, back.pooled)]:
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="expects"):
+        UserState.from_flat(flat[:, :-1], model.state_layout)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(d_model=30, n_user_tokens=4, n_group_tokens=4)
+    with pytest.raises(ValueError, match="arch"):
+        ModelConfig(arch="dlrm")
+
+
+def test_flops_ratio_matches_token_counts():
+    """At N candidates per user with T_u = T_g the FFN work ratio approaches 2N/(N+1)."""
+    rm, us = make_model(arch="rankmixer", compensation=False), make_model(compensation=False)
+    ratio = rm.flops_per_candidate(100) / us.flops_per_candidate(100)
+    assert 1.7 < ratio < 2.0
+    assert rm.flops_per_candidate(1) == pytest.approx(us.flops_per_candidate(1))

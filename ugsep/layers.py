@@ -1,0 +1,43 @@
+"""Per-token linear maps: each token position has its own weight matrix.
+
+These are the products UG-Sep splits (user positions once per user, group positions once
+per candidate) and the ones quantization targets, so they take a ``positions`` slice.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class PerTokenLinear(nn.Module):
+    """y[:, t] = x[:, t] @ W[t] + b[t] for T positions at once, as one batched product."""
+
+    def __init__(self, n_tokens: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.d_out = d_out
+        self.weight = nn.Parameter(torch.randn(n_tokens, d_in, d_out) / d_in**0.5)
+        self.bias = nn.Parameter(torch.zeros(n_tokens, d_out))
+
+    def forward(self, x: Tensor, positions: slice = slice(None)) -> Tensor:
+        # x: (B, T', d_in) -> (T', B, d_in) so bmm runs one matrix per position
+        w, b = self.weight[positions], self.bias[positions]
+        y = torch.baddbmm(b.unsqueeze(1), x.transpose(0, 1), w)  # (T', B, d_out)
+        return y.transpose(0, 1)
+
+
+class PerTokenFFN(nn.Module):
+    """RankMixer's per-token FFN: token t has its own W1_t (D x kD) and W2_t (kD x D)."""
+
+    def __init__(self, n_tokens: int, d_model: int, mult: int) -> None:
+        super().__init__()
+        self.fc1 = PerTokenLinear(n_tokens, d_model, mult * d_model)
+        self.fc2 = PerTokenLinear(n_tokens, mult * d_model, d_model)
+
+    def forward(self, x: Tensor, positions: slice = slice(None)) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x, positions)), positions)
+
+    def flops_per_token(self) -> int:
+        d, h = self.fc1.weight.shape[1:]
+        return 4 * d * h
