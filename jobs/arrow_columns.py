@@ -1,0 +1,54 @@
+"""Arrow columns <-> the numpy field columns the model reads. Pure, no Spark."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ugsep.features import PAD_ID, Field, FieldKind
+
+
+def padded_lists(arr: pa.Array, max_len: int) -> np.ndarray:
+    """list<int64> -> (B, max_len) int64, truncated and padded with PAD_ID; null lists are empty."""
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.fill_null(pc.list_flatten(arr), PAD_ID).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(values)) - np.repeat(starts, lengths)
+    keep = pos < max_len
+    out = np.full((len(lengths), max_len), PAD_ID, dtype=np.int64)
+    out[rows[keep], pos[keep]] = values[keep]
+    return out
+
+
+def field_columns(cols: Mapping[str, pa.Array], fields: tuple[Field, ...]) -> dict[str, np.ndarray]:
+    """Convert the Arrow columns of ``fields`` to the model's numpy layout."""
+    out: dict[str, np.ndarray] = {}
+    for f in fields:
+        arr = cols[f.name]
+        if f.kind == FieldKind.MULTI:
+            out[f.name] = padded_lists(arr, f.max_len)
+        elif f.kind == FieldKind.CATEGORICAL:
+            out[f.name] = pc.fill_null(arr, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        else:
+            out[f.name] = pc.fill_null(arr, np.nan).to_numpy(zero_copy_only=False).astype(np.float32)
+    return out
+
+
+def fixed_width(arr: pa.Array, width: int) -> np.ndarray:
+    """list<float> with every row of length ``width`` -> (B, width) float32."""
+    values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float32)
+    if values.size != len(arr) * width:
+        raise ValueError(f"user state rows do not all have width {width} (got {values.size} values "
+                         f"for {len(arr)} users)")
+    return values.reshape(len(arr), width)
+
+
+def list_column(matrix: np.ndarray) -> pa.ListArray:
+    """(B, W) float -> list<float> Arrow column."""
+    b, w = matrix.shape
+    offsets = pa.array(np.arange(0, (b + 1) * w, w, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), pa.float32()))

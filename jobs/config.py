@@ -1,0 +1,60 @@
+"""Job configuration: one TOML file, every field optional, every Spark setting overridable."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from features.contracts import TableContract
+
+
+@dataclass
+class JobConfig:
+    warehouse: str = "warehouse"  # Delta tables live in <warehouse>/<table>
+    model: str = "runs/model"  # checkpoint directory (ugsep train --out)
+    quantized_model: str = ""  # optional quantized checkpoint for the score stage
+    users_per_batch: int = 256  # users per Arrow batch = users per model call
+    partitions: int = 0  # partitions for the model stages; 0 = Spark's default parallelism
+    device: str = "auto"  # "auto": the GPU Spark assigned, else CUDA if visible, else CPU
+    task_gpus: float = 0.0  # >0: ask for GPUs per task in the model stages (stage-level scheduling)
+    spark: dict[str, Any] = field(default_factory=dict)  # any spark.* setting
+    fail_once_marker: str = ""  # tests only: first worker to see no marker file creates it and dies
+
+    def table_path(self, table: TableContract | str) -> str:
+        name = table if isinstance(table, str) else table.name
+        return str(Path(self.warehouse).resolve() / name)
+
+    def summary_path(self, job: str, ds: str) -> Path:
+        return Path(self.warehouse).resolve() / "_summaries" / f"{job}_{ds}.json"
+
+
+def load_config(path: str | None, **overrides: Any) -> JobConfig:
+    """Read ``path`` (TOML) if given, then apply non-None keyword overrides."""
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"job config {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"job config {path} is not valid TOML: {e}") from None
+    known = {f.name for f in fields(JobConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"job config {path}: unknown keys {unknown}; known keys are {sorted(known)}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return JobConfig(**raw)
+
+
+def parse_ds(ds: str) -> str:
+    """Validate a YYYY-MM-DD partition date; returns it unchanged."""
+    try:
+        dt.date.fromisoformat(ds)
+        if len(ds) != 10:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"--ds {ds!r} is not a date of the form YYYY-MM-DD") from None
+    return ds

@@ -1,0 +1,62 @@
+"""Delta reads and idempotent day writes, checked against the table contracts."""
+
+from __future__ import annotations
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
+
+from features.contracts import TableContract
+
+
+class ContractError(ValueError):
+    """An input table does not have the columns or types its contract names."""
+
+
+def ensure_table(spark: SparkSession, contract: TableContract, path: str) -> None:
+    """Create the Delta table (empty, contract schema) if it does not exist yet."""
+    if DeltaTable.isDeltaTable(spark, path):
+        return
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(StructType.fromDDL(contract.ddl))
+    if contract.partition_by:
+        builder = builder.partitionedBy(*contract.partition_by)
+    builder.execute()
+
+
+def read_table(spark: SparkSession, contract: TableContract, path: str) -> DataFrame:
+    """Read a Delta table and check it has every contract column with the contract type."""
+    if not DeltaTable.isDeltaTable(spark, path):
+        raise ContractError(f"table {contract.name}: no Delta table at {path}")
+    df = spark.read.format("delta").load(path)
+    check_contract(df, contract)
+    return df
+
+
+def check_contract(df: DataFrame, contract: TableContract) -> None:
+    actual = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    for col, expected in contract.columns:
+        got = actual.get(col)
+        if got is None:
+            raise ContractError(f"table {contract.name}: column {col!r} is missing (expected {expected}); "
+                                f"it has {sorted(actual)}")
+        if got != StructType.fromDDL(f"c {expected}").fields[0].dataType.simpleString():
+            raise ContractError(f"table {contract.name}: column {col!r} has type {got}, expected {expected}")
+
+
+def replace_day(df: DataFrame, path: str, ds: str, run_id: str, extra_predicate: str = "") -> int:
+    """Atomically replace the rows of day ``ds`` (and ``extra_predicate``); returns rows written.
+
+    ``replaceWhere`` makes a rerun replace, never append; the commit is tagged with ``run_id``
+    so the row count is read back from this commit even when other days commit concurrently.
+    """
+    predicate = f"ds = '{ds}'" + (f" AND {extra_predicate}" if extra_predicate else "")
+    (df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
+       .option("userMetadata", run_id).save(path))
+    return rows_written(df.sparkSession, path, run_id)
+
+
+def rows_written(spark: SparkSession, path: str, run_id: str) -> int:
+    """Rows added by the commit tagged ``run_id``; Delta skips the commit of a no-op write, so none is 0."""
+    hist = DeltaTable.forPath(spark, path).history(100).where(f"userMetadata = '{run_id}'")
+    rows = hist.select("operationMetrics").collect()
+    return int(rows[0][0].get("numOutputRows", 0)) if rows else 0

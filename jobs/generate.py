@@ -1,0 +1,55 @@
+"""Write a synthetic day into the input tables (candidates for ds; user/item feature snapshots)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+import zlib
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import SparkSession
+
+from features.contracts import CANDIDATES, ITEM_FEATURES, USER_FEATURES, TableContract
+from jobs.config import JobConfig, parse_ds
+from jobs.delta_io import ensure_table, replace_day
+from ugsep.data.synthetic import generate_day
+from ugsep.features import PAD_ID
+
+FEATURE_SEED = 0  # users and items keep their features across days; only candidates change
+
+
+def _arrow_column(values: np.ndarray) -> pa.Array:
+    if values.ndim == 2:  # padded id lists -> variable-length lists
+        return pa.array([row[row != PAD_ID].tolist() for row in values], pa.list_(pa.int64()))
+    if values.dtype.kind == "f":
+        return pa.array(values.astype(np.float64))
+    return pa.array(values.astype(np.int64))
+
+
+def to_arrow(cols: dict[str, np.ndarray], contract: TableContract, **const) -> pa.Table:
+    arrays = {k: _arrow_column(v) for k, v in cols.items() if k in contract.names}
+    n = len(next(iter(arrays.values())))
+    for k, v in const.items():
+        arrays[k] = pa.array([v] * n)
+    return pa.table({c: arrays[c] for c in contract.names})
+
+
+def generate_tables(spark: SparkSession, cfg: JobConfig, ds: str, n_users: int, n_items: int = 0,
+                    mean_cands: float = 40.0, max_cands: int = 2000) -> dict:
+    """Candidates for ``ds`` replace that day; the feature tables are rewritten as snapshots."""
+    ds = parse_ds(ds)
+    n_items = n_items or max(2 * n_users, 1000)
+    feats = generate_day(n_users, n_items, mean_cands=1, max_cands=1, seed=FEATURE_SEED)
+    day = generate_day(n_users, n_items, mean_cands=mean_cands, max_cands=max_cands,
+                       seed=zlib.crc32(ds.encode()))
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    for contract in (CANDIDATES, USER_FEATURES, ITEM_FEATURES):
+        ensure_table(spark, contract, cfg.table_path(contract))
+    run_id = f"generate-{ds}-{uuid.uuid4().hex[:8]}"
+    cands = spark.createDataFrame(to_arrow(day.candidates, CANDIDATES, ds=ds), CANDIDATES.ddl)
+    n = replace_day(cands, cfg.table_path(CANDIDATES), ds, run_id)
+    for contract, cols in ((USER_FEATURES, feats.users), (ITEM_FEATURES, feats.items)):
+        df = spark.createDataFrame(to_arrow(cols, contract, updated_at=now), contract.ddl)
+        df.write.format("delta").mode("overwrite").save(cfg.table_path(contract))
+    return {"ds": ds, "candidates": n, "users": n_users, "items": n_items}

@@ -1,0 +1,47 @@
+"""Runs a worker function over a DataFrame with mapInArrow, on the GPU Spark assigned if any."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+from pyspark.sql import DataFrame
+
+from jobs.config import JobConfig
+
+
+def _resource_profile(cfg: JobConfig):
+    """Stage-level scheduling: ask for ``task_gpus`` per task in the model stage only."""
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    return ResourceProfileBuilder().require(TaskResourceRequests().cpus(1).resource("gpu", cfg.task_gpus)).build
+
+
+def map_in_arrow_with_model(df: DataFrame, worker: Callable, schema: pa.Schema, cfg: JobConfig,
+                            ckpt: str) -> DataFrame:
+    """``worker(batches, ckpt, device, fail_marker)`` runs in each Python worker; the device is
+    picked there from the task's GPU assignment (TaskContext), so no CUDA touches the driver."""
+    setting, marker = cfg.device, cfg.fail_once_marker
+
+    def run(batches):
+        from pyspark import TaskContext
+
+        from jobs.workers import pick_device
+
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx is not None else None
+        yield from worker(batches, ckpt, pick_device(setting, gpus.addresses if gpus else None), marker)
+
+    df.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.users_per_batch))
+    ddl = ", ".join(f"{f.name} {_ddl(f.type)}" for f in schema)
+    is_local = df.sparkSession.sparkContext.master.startswith("local")
+    if cfg.task_gpus > 0 and not is_local:
+        return df.mapInArrow(run, ddl, profile=_resource_profile(cfg))
+    return df.mapInArrow(run, ddl)
+
+
+def _ddl(t: pa.DataType) -> str:
+    if pa.types.is_list(t):
+        return f"array<{_ddl(t.value_type)}>"
+    return {pa.int64(): "bigint", pa.int32(): "int", pa.float32(): "float", pa.float64(): "double",
+            pa.string(): "string"}[t]

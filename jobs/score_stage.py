@@ -1,0 +1,87 @@
+"""Stage 2: group each user's candidates, join the user's state once, score, rank, write scores."""
+
+from __future__ import annotations
+
+import uuid
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE
+from jobs.config import JobConfig, parse_ds
+from jobs.delta_io import ensure_table, read_table, replace_day
+from jobs.model_stage import map_in_arrow_with_model
+from jobs.summary import JobSummary
+from jobs.validation import REASON, quarantine_rows, tag_candidate_rows, unknown_categorical_counts
+from jobs.workers import SCORE_SCHEMA, score_group_batches
+from ugsep.checkpoint import load_checkpoint
+from ugsep.features import FeatureSpec
+
+
+class UserStateError(RuntimeError):
+    """User state is missing or was written by another model version."""
+
+
+def day_candidates(candidates: DataFrame, item_features: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """Candidates joined with item features, each tagged with the reason it cannot be scored (or null)."""
+    item_cols = [f.name for f in spec.item_fields if f.name in item_features.columns and f.name != "item_id"]
+    items = item_features.select("item_id", *item_cols).withColumn("_found", F.lit(True))
+    return tag_candidate_rows(candidates.join(items, "item_id", "left"), spec)
+
+
+def item_groups(good: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """One row per user holding the user's candidate list."""
+    fields = ["item_id", *[f.name for f in spec.item_fields if f.name != "item_id"]]
+    return good.groupBy("user_id").agg(F.collect_list(F.struct(*fields)).alias("items"))
+
+
+def check_user_state(state: DataFrame, users: DataFrame, version: str, ds: str) -> tuple[int, list]:
+    """Refuse state of another model version; return (missing count, sample of missing users)."""
+    other = state.where(F.col("model_version") != version).groupBy("model_version").count().collect()
+    if other:
+        found = ", ".join(f"{r['model_version']} ({r['count']} users)" for r in other)
+        raise UserStateError(f"user_state for ds={ds} was written by {found}, but the loaded model is "
+                             f"{version}; rerun the user stage with this model")
+    missing = users.join(state.select("user_id"), "user_id", "left_anti")
+    sample = [r["user_id"] for r in missing.limit(5).collect()]
+    return (missing.count() if sample else 0), sample
+
+
+def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:
+    ds = parse_ds(ds)
+    model, version = load_checkpoint(cfg.model)
+    spec = model.spec
+    summary = JobSummary("score-stage", ds, version)
+    run_id = f"score-stage-{ds}-{uuid.uuid4().hex[:8]}"
+    for contract in (SCORES, QUARANTINE):
+        ensure_table(spark, contract, cfg.table_path(contract))
+    with summary.timed("read+validate"):
+        cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
+        items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
+        tagged = day_candidates(cands, items, spec).persist()
+        summary.rows_in = tagged.count()
+        good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
+        state = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
+        n_missing, sample = check_user_state(state, good.select("user_id").distinct(), version, ds)
+        if n_missing and not compute_missing:
+            raise UserStateError(f"{n_missing} users of ds={ds} have no user_state (e.g. {sample}); run "
+                                 "`ugsep user-stage` for this ds first, or pass --compute-missing")
+        summary.users_computed_on_the_fly = n_missing
+    with summary.timed("quarantine"):
+        bad = quarantine_rows(tagged, ds, "score", [c for c in cands.columns])
+        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'score'")
+        summary.quarantine_reasons = {r[REASON]: int(r["count"]) for r in
+                                      tagged.where(F.col(REASON).isNotNull()).groupBy(REASON).count().collect()}
+        summary.unknown_categorical = unknown_categorical_counts(good, spec.item_fields)
+    with summary.timed("score+write"):
+        groups = item_groups(good, spec).join(state.select("user_id", "state"), "user_id", "left")
+        if n_missing:
+            user_cols = [f.name for f in spec.user_fields if f.name != "user_id"]
+            feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES)).select("user_id", *user_cols)
+            groups = groups.join(feats, "user_id", "left")
+        scores = map_in_arrow_with_model(groups, score_group_batches, SCORE_SCHEMA, cfg, cfg.model).select(
+            F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
+        summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)
+        summary.users = good.select("user_id").distinct().count()
+    tagged.unpersist()
+    return summary.emit(cfg.summary_path("score-stage", ds))

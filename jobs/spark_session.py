@@ -1,0 +1,43 @@
+"""The one Spark session builder: Delta configured, local[*] by default, everything overridable."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+# Defaults sized for one machine; a cluster's spark-submit or the job config overrides them.
+LOCAL_DEFAULTS: dict[str, str] = {
+    "spark.sql.shuffle.partitions": "8",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.python.worker.reuse": "true",
+    "spark.driver.memory": "4g",
+}
+DELTA_SETTINGS = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def build_spark(app_name: str = "ugsep", conf: dict[str, Any] | None = None) -> SparkSession:
+    """Get or create the session. Under spark-submit the master and jars come from there."""
+    from delta import configure_spark_with_delta_pip
+
+    conf = {k: str(v) for k, v in (conf or {}).items()}
+    builder = SparkSession.builder.appName(app_name)
+    submitted = "SPARK_SUBMIT" in os.environ or os.environ.get("PYSPARK_SUBMIT_ARGS")
+    if not submitted and "spark.master" not in conf:
+        builder = builder.master("local[*]")
+    # Python workers run this interpreter (the venv's) unless the environment says otherwise.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    for k, v in {**LOCAL_DEFAULTS, **DELTA_SETTINGS, **conf}.items():
+        builder = builder.config(k, v)
+    if "spark.jars.packages" not in conf:
+        builder = configure_spark_with_delta_pip(builder)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(conf.get("ugsep.log_level", "WARN"))
+    return spark

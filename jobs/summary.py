@@ -1,0 +1,54 @@
+"""Job summaries: one printed line and a JSON file next to the tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class JobSummary:
+    job: str
+    ds: str
+    unit: str = "candidates"  # what rows_in counts: "candidates" or "users"
+    model_version: str = ""
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_quarantined: int = 0
+    users: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    unknown_categorical: dict[str, int] = field(default_factory=dict)
+    users_computed_on_the_fly: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, step: str):
+        """Time a step and print a progress line when it starts and ends."""
+        print(f"[{self.job} {self.ds}] {step} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[step] = round(time.perf_counter() - t0, 3)
+        print(f"[{self.job} {self.ds}] {step} done in {self.seconds[step]:.1f}s", file=sys.stderr, flush=True)
+
+    @property
+    def total_seconds(self) -> float:
+        return round(sum(self.seconds.values()), 3)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["total_seconds"] = self.total_seconds
+        d[f"{self.unit}_per_s"] = round(self.rows_in / self.total_seconds, 1) if self.total_seconds else 0.0
+        return d
+
+    def emit(self, path: Path) -> dict:
+        d = self.to_dict()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(d, indent=2))
+        print(f"{self.job} ds={self.ds} rows_in={self.rows_in} rows_out={self.rows_out} "
+              f"quarantined={self.rows_quarantined} users={self.users} seconds={self.total_seconds} "
+              f"{self.unit}/s={d[self.unit + '_per_s']:,} summary={path}", flush=True)
+        return d

@@ -1,0 +1,64 @@
+"""Stage 1: encode each user of the day once and write user_state for that ds."""
+
+from __future__ import annotations
+
+import uuid
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from features.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE
+from jobs.config import JobConfig, parse_ds
+from jobs.delta_io import ensure_table, read_table, replace_day
+from jobs.model_stage import map_in_arrow_with_model
+from jobs.summary import JobSummary
+from jobs.validation import REASON, quarantine_rows, tag_user_rows, unknown_categorical_counts
+from jobs.workers import STATE_SCHEMA, encode_user_batches
+from ugsep.checkpoint import load_checkpoint
+from ugsep.features import FeatureSpec
+
+
+def day_users(candidates: DataFrame, user_features: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """Distinct users of the day's candidates joined with their features, tagged with a reason if bad."""
+    users = candidates.where(F.col("user_id").isNotNull()).select("user_id").distinct()
+    feats = user_features.select("user_id", *[f.name for f in spec.user_fields if f.name != "user_id"])
+    return tag_user_rows(users.join(feats.withColumn("_found", F.lit(True)), "user_id", "left"), spec)
+
+
+def encode_users_df(users: DataFrame, cfg: JobConfig, ckpt: str) -> DataFrame:
+    """(user_id, user fields) -> (user_id, state) through the encode worker, users clustered by id."""
+    parts = cfg.partitions or users.sparkSession.sparkContext.defaultParallelism
+    return map_in_arrow_with_model(users.repartition(parts, "user_id"), encode_user_batches,
+                                   STATE_SCHEMA, cfg, ckpt)
+
+
+def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str) -> dict:
+    ds = parse_ds(ds)
+    model, version = load_checkpoint(cfg.model)
+    summary = JobSummary("user-stage", ds, unit="users", model_version=version)
+    run_id = f"user-stage-{ds}-{uuid.uuid4().hex[:8]}"
+    for contract in (USER_STATE, QUARANTINE):
+        ensure_table(spark, contract, cfg.table_path(contract))
+    with summary.timed("read"):
+        cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
+        feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
+        tagged = day_users(cands, feats, model.spec).persist()
+        summary.rows_in = tagged.count()
+    with summary.timed("quarantine"):
+        bad = quarantine_rows(tagged, ds, "user", ["user_id"])
+        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'user'")
+        summary.quarantine_reasons = _reasons(tagged)
+        good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
+        summary.unknown_categorical = unknown_categorical_counts(good, model.spec.user_fields)
+    with summary.timed("encode+write"):
+        state = encode_users_df(good, cfg, cfg.model).select(
+            F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "state",
+            F.current_timestamp().alias("created_at"))
+        summary.rows_out = summary.users = replace_day(state, cfg.table_path(USER_STATE), ds, run_id)
+    tagged.unpersist()
+    return summary.emit(cfg.summary_path("user-stage", ds))
+
+
+def _reasons(tagged: DataFrame) -> dict[str, int]:
+    rows = tagged.where(F.col(REASON).isNotNull()).groupBy(REASON).count().collect()
+    return {r[REASON]: int(r["count"]) for r in rows}

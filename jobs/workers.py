@@ -1,0 +1,128 @@
+"""mapInArrow worker functions: plain functions of Arrow record batches (no Spark inside).
+
+They run in Spark's Python workers, but also in tests and on a GPU box without Spark. The
+model is loaded once per process and cached; one model call per Arrow batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from jobs.arrow_columns import field_columns, fixed_width, list_column
+from ugsep.checkpoint import load_checkpoint
+from ugsep.data.ranking_data import to_tensors
+from ugsep.model import RankingModel
+from ugsep.state import UserState
+
+SCORE_SCHEMA = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
+                          ("score", pa.float32()), ("rank", pa.int32())])
+STATE_SCHEMA = pa.schema([("user_id", pa.int64()), ("state", pa.list_(pa.float32()))])
+
+
+def pick_device(setting: str = "auto", gpu_addresses: list[str] | None = None) -> str:
+    """The GPU Spark assigned to the task, else any visible CUDA device, else the CPU."""
+    if setting != "auto":
+        return setting
+    if gpu_addresses and torch.cuda.is_available():
+        return f"cuda:{gpu_addresses[0]}"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=4)
+def cached_model(ckpt: str, device: str) -> tuple[RankingModel, str]:
+    """Load once per worker process (Spark reuses Python workers across tasks)."""
+    model, version = load_checkpoint(ckpt)
+    if device.startswith("cuda"):
+        model = model.to(device, torch.bfloat16)
+    return model.to(device).eval(), version
+
+
+def fail_once(marker: str) -> None:
+    """Test-only fault injection: the first worker that finds no marker creates it and dies."""
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(17)
+
+
+def encode_user_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
+                        fail_marker: str = "") -> Iterator[pa.RecordBatch]:
+    """(user_id, user fields) batches -> (user_id, state) batches."""
+    model, _ = cached_model(ckpt, device)
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        users = to_tensors(field_columns(_columns(batch), model.spec.user_fields), device)
+        with torch.inference_mode():
+            state = model.encode_users(users).to_flat().float().cpu().numpy()
+        yield pa.RecordBatch.from_arrays([batch.column("user_id"), list_column(state)], schema=STATE_SCHEMA)
+        fail_once(fail_marker)
+
+
+def score_group_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
+                        fail_marker: str = "") -> Iterator[pa.RecordBatch]:
+    """(user_id, state, items: list<struct>) batches, one row per user -> one row per candidate.
+
+    Rows whose state is null are encoded here from their user fields (``--compute-missing``).
+    """
+    model, _ = cached_model(ckpt, device)
+    layout = model.state_layout
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        cols = _columns(batch)
+        items = cols["items"]
+        n_items = pc.list_value_length(items).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat_items = pc.list_flatten(items)
+        item_cols = {f.name: flat_items.field(f.name) for f in model.spec.item_fields}
+        item_cols["item_id"] = flat_items.field("item_id")
+        user_index = torch.from_numpy(np.repeat(np.arange(batch.num_rows), n_items)).to(device)
+        with torch.inference_mode():
+            state = _state(model, cols, layout.width, device)
+            logits = model.score_groups(state, to_tensors(field_columns(item_cols, model.spec.item_fields),
+                                                         device), user_index)
+            scores = torch.sigmoid(logits.float()).cpu().numpy()
+        item_ids = item_cols["item_id"].to_numpy(zero_copy_only=False)
+        user_ids = np.repeat(cols["user_id"].to_numpy(zero_copy_only=False), n_items)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(user_ids, pa.int64()), pa.array(item_ids, pa.int64()), pa.array(scores, pa.float32()),
+             pa.array(rank_within_users(user_index.cpu().numpy(), scores, item_ids), pa.int32())],
+            schema=SCORE_SCHEMA)
+        fail_once(fail_marker)
+
+
+def _state(model: RankingModel, cols: dict[str, pa.Array], width: int, device: str) -> UserState:
+    state_col = cols["state"]
+    missing = state_col.is_null().to_numpy(zero_copy_only=False)
+    if not missing.any():
+        flat = fixed_width(state_col, width)
+    else:
+        flat = np.zeros((len(state_col), width), dtype=np.float32)
+        if (~missing).any():
+            flat[~missing] = fixed_width(state_col.filter(pa.array(~missing)), width)
+        sub = {f.name: cols[f.name].filter(pa.array(missing)) for f in model.spec.user_fields}
+        users = to_tensors(field_columns(sub, model.spec.user_fields), device)
+        flat[missing] = model.encode_users(users).to_flat().float().cpu().numpy()
+    dtype = next(model.parameters()).dtype
+    return UserState.from_flat(torch.from_numpy(flat).to(device, dtype), model.state_layout)
+
+
+def rank_within_users(user_index: np.ndarray, scores: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """1-based rank of each candidate within its user: highest score first, ties by item id."""
+    order = np.lexsort((item_ids, -scores, user_index))
+    u = user_index[order]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    counts = np.diff(np.r_[starts, len(u)])
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order)) - np.repeat(starts, counts) + 1
+    return rank
+
+
+def _columns(batch: pa.RecordBatch) -> dict[str, pa.Array]:
+    return {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
