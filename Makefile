@@ -19,9 +19,11 @@ java:  ## Spark needs a JVM; install Java 17 if none is on PATH
 	@command -v java >/dev/null 2>&1 || { echo "installing openjdk-17-jre-headless"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openjdk-17-jre-headless; }
 
-demo: setup  ## train a small model (or reuse it), then score a synthetic day
+DEMO_DS ?= 2026-11-24
+
+demo: setup  ## train a small model (or reuse it), then generate a day and run both Spark stages
 	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --epochs 2 --out $(RUNS)/model
-	$(BIN)/ugsep score-local --ckpt $(RUNS)/model --users 2000
+	$(BIN)/ugsep demo --ds $(DEMO_DS) --users 2000 --config job.toml
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -75,6 +75,89 @@ def cmd_score_local(a: argparse.Namespace) -> int:
     return 0
 
 
+def _spark_job(a: argparse.Namespace):
+    """Load the job config, apply --conf overrides, and start (or join) the Spark session."""
+    from jobs.config import load_config, parse_ds
+    from jobs.spark_session import build_spark
+
+    parse_ds(a.ds)  # fail before Spark starts
+    cfg = load_config(a.config, model=getattr(a, "model", None))
+    for kv in a.conf or []:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise ValueError(f"--conf {kv!r} is not of the form key=value")
+        cfg.spark[key] = value
+    return build_spark(f"ugsep-{a.command}", cfg.spark), cfg
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from jobs.generate import generate_tables
+
+    spark, cfg = _spark_job(a)
+    print(json.dumps(generate_tables(spark, cfg, a.ds, a.users, mean_cands=a.mean_candidates)))
+    return 0
+
+
+def cmd_user_stage(a: argparse.Namespace) -> int:
+    from jobs.user_stage import run_user_stage
+
+    run_user_stage(*_spark_job(a), a.ds)
+    return 0
+
+
+def cmd_score_stage(a: argparse.Namespace) -> int:
+    from jobs.score_stage import run_score_stage
+
+    run_score_stage(*_spark_job(a), a.ds, compute_missing=a.compute_missing)
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from jobs.run_day import run_day
+
+    run_day(*_spark_job(a), a.ds, compute_missing=a.compute_missing)
+    return 0
+
+
+def cmd_baseline(a: argparse.Namespace) -> int:
+    from jobs.baseline import run_baseline
+
+    run_baseline(*_spark_job(a), a.ds, ckpt=a.baseline_model)
+    return 0
+
+
+def _print_top(spark, cfg, ds: str, users: int, top: int) -> None:
+    from jobs.report import top_items
+
+    for user_id, items in top_items(spark, cfg, ds, users, top).items():
+        print(f"user {user_id}: " + ", ".join(f"item {i} ({s:.3f})" for i, s in items))
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    spark, cfg = _spark_job(a)
+    _print_top(spark, cfg, a.ds, a.users, a.top)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """generate + run + show in one Spark session (one JVM start instead of three)."""
+    from jobs.generate import generate_tables
+    from jobs.run_day import run_day
+
+    spark, cfg = _spark_job(a)
+    print(json.dumps(generate_tables(spark, cfg, a.ds, a.users)), flush=True)
+    run_day(spark, cfg, a.ds)
+    _print_top(spark, cfg, a.ds, 3, 5)
+    return 0
+
+
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ds", required=True, help="the day to process, YYYY-MM-DD")
+    p.add_argument("--config", default="job.toml", help="job config (TOML); default: ./job.toml")
+    p.add_argument("--conf", action="append", metavar="KEY=VALUE",
+                   help="extra Spark setting, e.g. --conf spark.master=local[4] (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ugsep",
@@ -113,6 +196,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--batch-users", type=int, default=256, help="users per model call")
     s.set_defaults(func=cmd_score_local)
+
+    jobs = [
+        ("generate", cmd_generate, "write a synthetic day into the input Delta tables",
+         "Write candidates for --ds (replacing that day) and snapshot the user/item feature tables."),
+        ("user-stage", cmd_user_stage, "encode the day's users once; write user_state",
+         "Distinct users of the day -> user features -> encode_users on Arrow batches -> user_state."),
+        ("score-stage", cmd_score_stage, "score every user's candidates from user_state; write scores",
+         "Candidates -> item features -> one group per user -> join user_state -> score_groups -> scores."),
+        ("run", cmd_run, "user stage then score stage for one day", "Both stages for --ds, one summary."),
+        ("baseline-score", cmd_baseline, "naive one-stage scoring with predict_batch_udf (for comparison)",
+         "Join everything per candidate and run the full model per candidate; writes baseline_scores."),
+        ("show", cmd_show, "print the top items of a few users from the scores table",
+         "Read scores for --ds and print the best items of the first users."),
+        ("demo", cmd_demo, "generate a synthetic day, run both stages, show top items",
+         "What `make demo` runs after training: generate + run + show in one Spark session."),
+    ]
+    for name, func, help_, desc in jobs:
+        j = sub.add_parser(name, help=help_, description=desc)
+        _add_job_args(j)
+        if name in ("generate", "demo"):
+            j.add_argument("--users", type=int, default=2000, help="users in the day")
+            j.add_argument("--mean-candidates", type=float, default=40.0, help="mean candidates per user")
+        if name in ("score-stage", "run"):
+            j.add_argument("--compute-missing", action="store_true",
+                           help="encode users without user_state on the fly instead of failing")
+        if name in ("user-stage", "score-stage", "run", "demo"):
+            j.add_argument("--model", help="checkpoint directory (overrides the config's model)")
+        if name == "baseline-score":
+            j.add_argument("--baseline-model", help="checkpoint for the baseline (default: the config's model)")
+        if name == "show":
+            j.add_argument("--users", type=int, default=3)
+            j.add_argument("--top", type=int, default=5)
+        j.set_defaults(func=func)
     return p
 
 

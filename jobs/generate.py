@@ -35,21 +35,27 @@ def to_arrow(cols: dict[str, np.ndarray], contract: TableContract, **const) -> p
     return pa.table({c: arrays[c] for c in contract.names})
 
 
-def generate_tables(spark: SparkSession, cfg: JobConfig, ds: str, n_users: int, n_items: int = 0,
-                    mean_cands: float = 40.0, max_cands: int = 2000) -> dict:
-    """Candidates for ``ds`` replace that day; the feature tables are rewritten as snapshots."""
-    ds = parse_ds(ds)
+def synthetic_tables(ds: str, n_users: int, n_items: int = 0, mean_cands: float = 40.0,
+                     max_cands: int = 2000) -> tuple[dict, dict, dict]:
+    """(users, items, candidates) numpy columns of the synthetic day ``ds``."""
     n_items = n_items or max(2 * n_users, 1000)
     feats = generate_day(n_users, n_items, mean_cands=1, max_cands=1, seed=FEATURE_SEED)
     day = generate_day(n_users, n_items, mean_cands=mean_cands, max_cands=max_cands,
                        seed=zlib.crc32(ds.encode()))
+    return feats.users, feats.items, day.candidates
+
+
+def generate_tables(spark: SparkSession, cfg: JobConfig, ds: str, n_users: int, n_items: int = 0,
+                    mean_cands: float = 40.0, max_cands: int = 2000) -> dict:
+    """Candidates for ``ds`` replace that day; the feature tables are rewritten as snapshots."""
+    users, items, candidates = synthetic_tables(parse_ds(ds), n_users, n_items, mean_cands, max_cands)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     for contract in (CANDIDATES, USER_FEATURES, ITEM_FEATURES):
         ensure_table(spark, contract, cfg.table_path(contract))
     run_id = f"generate-{ds}-{uuid.uuid4().hex[:8]}"
-    cands = spark.createDataFrame(to_arrow(day.candidates, CANDIDATES, ds=ds), CANDIDATES.ddl)
+    cands = spark.createDataFrame(to_arrow(candidates, CANDIDATES, ds=ds), CANDIDATES.ddl)
     n = replace_day(cands, cfg.table_path(CANDIDATES), ds, run_id)
-    for contract, cols in ((USER_FEATURES, feats.users), (ITEM_FEATURES, feats.items)):
+    for contract, cols in ((USER_FEATURES, users), (ITEM_FEATURES, items)):
         df = spark.createDataFrame(to_arrow(cols, contract, updated_at=now), contract.ddl)
         df.write.format("delta").mode("overwrite").save(cfg.table_path(contract))
-    return {"ds": ds, "candidates": n, "users": n_users, "items": n_items}
+    return {"ds": ds, "candidates": n, "users": len(users["user_id"]), "items": len(items["item_id"])}

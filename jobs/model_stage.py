@@ -28,8 +28,11 @@ def map_in_arrow_with_model(df: DataFrame, worker: Callable, schema: pa.Schema, 
 
         from jobs.workers import pick_device
 
+        import torch
+
         ctx = TaskContext.get()
         gpus = ctx.resources().get("gpu") if ctx is not None else None
+        torch.set_num_threads(ctx.cpus() if ctx is not None else 1)  # one task's share, no oversubscription
         yield from worker(batches, ckpt, pick_device(setting, gpus.addresses if gpus else None), marker)
 
     df.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.users_per_batch))

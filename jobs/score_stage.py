@@ -12,7 +12,15 @@ from jobs.config import JobConfig, parse_ds
 from jobs.delta_io import ensure_table, read_table, replace_day
 from jobs.model_stage import map_in_arrow_with_model
 from jobs.summary import JobSummary
-from jobs.validation import REASON, quarantine_rows, tag_candidate_rows, unknown_categorical_counts
+from jobs.validation import (
+    REASON,
+    USER_REASON,
+    dense_checks,
+    first_failure,
+    quarantine_rows,
+    tag_candidate_rows,
+    unknown_categorical_counts,
+)
 from jobs.workers import SCORE_SCHEMA, score_group_batches
 from ugsep.checkpoint import load_checkpoint
 from ugsep.features import FeatureSpec
@@ -47,28 +55,46 @@ def check_user_state(state: DataFrame, users: DataFrame, version: str, ds: str) 
     return (missing.count() if sample else 0), sample
 
 
+def with_features_of_stateless_users(cands: DataFrame, state: DataFrame, feats: DataFrame,
+                                     spec: FeatureSpec) -> DataFrame:
+    """Attach user features to candidates of users without state; a missing or non-finite feature
+    row is a reason to quarantine, exactly as in the user stage."""
+    user_cols = [f.name for f in spec.user_fields if f.name != "user_id"]
+    has_state = state.select("user_id").withColumn("_has_state", F.lit(True))
+    joined = (cands.join(has_state, "user_id", "left")
+              .join(feats.select("user_id", *user_cols).withColumn("_ufound", F.lit(True)), "user_id", "left"))
+    checks = [(F.col("_ufound").isNull(), "missing_user_features"), *dense_checks(spec.user_fields)]
+    return joined.withColumn(USER_REASON, F.when(F.col("_has_state").isNull(), first_failure(checks)))
+
+
 def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:
     ds = parse_ds(ds)
     model, version = load_checkpoint(cfg.model)
     spec = model.spec
-    summary = JobSummary("score-stage", ds, version)
+    summary = JobSummary("score-stage", ds, model_version=version)
     run_id = f"score-stage-{ds}-{uuid.uuid4().hex[:8]}"
     for contract in (SCORES, QUARANTINE):
         ensure_table(spark, contract, cfg.table_path(contract))
     with summary.timed("read+validate"):
         cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
         items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
-        tagged = day_candidates(cands, items, spec).persist()
-        summary.rows_in = tagged.count()
-        good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
         state = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
-        n_missing, sample = check_user_state(state, good.select("user_id").distinct(), version, ds)
+        day_users = cands.where(F.col("user_id").isNotNull()).select("user_id").distinct()
+        n_missing, sample = check_user_state(state, day_users, version, ds)
         if n_missing and not compute_missing:
             raise UserStateError(f"{n_missing} users of ds={ds} have no user_state (e.g. {sample}); run "
                                  "`ugsep user-stage` for this ds first, or pass --compute-missing")
-        summary.users_computed_on_the_fly = n_missing
+        if n_missing:  # users to encode here need valid user features, like in the user stage
+            feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
+            cands = with_features_of_stateless_users(cands, state, feats, spec)
+        tagged = day_candidates(cands, items, spec).persist()
+        summary.rows_in = tagged.count()
+        good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
+        if n_missing:
+            stateless = good.where(F.col("_has_state").isNull()).select("user_id").distinct()
+            summary.users_computed_on_the_fly = stateless.count()
     with summary.timed("quarantine"):
-        bad = quarantine_rows(tagged, ds, "score", [c for c in cands.columns])
+        bad = quarantine_rows(tagged, ds, "score", CANDIDATES.names)
         summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'score'")
         summary.quarantine_reasons = {r[REASON]: int(r["count"]) for r in
                                       tagged.where(F.col(REASON).isNotNull()).groupBy(REASON).count().collect()}
@@ -77,8 +103,8 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
         groups = item_groups(good, spec).join(state.select("user_id", "state"), "user_id", "left")
         if n_missing:
             user_cols = [f.name for f in spec.user_fields if f.name != "user_id"]
-            feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES)).select("user_id", *user_cols)
-            groups = groups.join(feats, "user_id", "left")
+            firsts = [F.first(c).alias(c) for c in user_cols]
+            groups = groups.join(good.groupBy("user_id").agg(*firsts), "user_id", "left")
         scores = map_in_arrow_with_model(groups, score_group_batches, SCORE_SCHEMA, cfg, cfg.model).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)

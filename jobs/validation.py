@@ -10,9 +10,10 @@ from pyspark.sql import functions as F
 from ugsep.features import FeatureSpec, Field, FieldKind
 
 REASON = "_reason"
+USER_REASON = "_user_reason"  # set upstream when a candidate's user cannot be encoded
 
 
-def first_failure(checks: list[tuple[Column, str]]) -> Column:
+def first_failure(checks: list[tuple[Column, str | Column]]) -> Column:
     """The reason of the first failing check, or null when the row is good."""
     return reduce(lambda acc, c: acc.when(c[0], F.lit(c[1])), checks[1:],
                   F.when(checks[0][0], F.lit(checks[0][1]))).otherwise(F.lit(None).cast("string"))
@@ -39,7 +40,9 @@ def tag_candidate_rows(df: DataFrame, spec: FeatureSpec) -> DataFrame:
         (F.col("_found").isNull(), "missing_item_features"),
         *dense_checks(spec.item_fields),
     ]
-    return df.withColumn("_dup", dup_rank).withColumn(REASON, first_failure(checks)).drop("_dup")
+    if USER_REASON in df.columns:
+        checks.append((F.col(USER_REASON).isNotNull(), F.col(USER_REASON)))
+    return df.withColumn("_dup", dup_rank).withColumn(REASON, first_failure(checks)).drop("_dup", USER_REASON)
 
 
 def quarantine_rows(tagged: DataFrame, ds: str, stage: str, columns: list[str]) -> DataFrame:

@@ -24,3 +24,30 @@ def make_model(seed: int = 0, **cfg) -> RankingModel:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One real local Spark session with Delta for the whole run (3 attempts per task, so
+    the fault-injection test can see a retry)."""
+    from jobs.spark_session import build_spark
+
+    session = build_spark("ugsep-tests", {"spark.master": "local[2,3]", "spark.sql.shuffle.partitions": "4"})
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    from ugsep.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("model")
+    save_checkpoint(make_model(seed=5), path)
+    return str(path)
+
+
+@pytest.fixture
+def job_cfg(tmp_path, model_dir):
+    from jobs.config import JobConfig
+
+    return JobConfig(warehouse=str(tmp_path / "warehouse"), model=model_dir, users_per_batch=16, partitions=2)

@@ -1,0 +1,98 @@
+"""The naive one-stage job a team would write without UG-Sep, kept as the speed baseline.
+
+Every candidate is joined with its user and item features and scored by the full forward
+(rankmixer: user tokens recomputed per candidate) through Spark's ``predict_batch_udf``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+from pyspark.sql import Column, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import FloatType
+
+from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
+from jobs.config import JobConfig, parse_ds
+from jobs.delta_io import ensure_table, read_table, replace_day
+from jobs.score_stage import day_candidates
+from jobs.summary import JobSummary
+from jobs.validation import REASON, quarantine_rows
+from ugsep.checkpoint import load_checkpoint
+from ugsep.features import PAD_ID, Field, FieldKind
+
+BASELINE_TABLE = "baseline_scores"
+
+
+def padded(f: Field) -> Column:
+    """Pad/truncate a list column in SQL so predict_batch_udf sees a fixed tensor shape."""
+    head = F.slice(F.coalesce(F.col(f.name), F.array().cast("array<bigint>")), 1, f.max_len)
+    pad = F.array_repeat(F.lit(PAD_ID).cast("bigint"), F.greatest(F.lit(f.max_len) - F.size(head), F.lit(0)))
+    return F.concat(head, pad).alias(f.name)
+
+
+def make_predict_fn(ckpt: str, device: str, fields: list[Field], n_user: int):
+    def load():
+        import torch
+
+        from jobs.workers import cached_model, pick_device
+        from ugsep.data.ranking_data import to_tensors
+
+        model, _ = cached_model(ckpt, pick_device(device))
+        dev = next(model.parameters()).device
+
+        def predict(*cols: np.ndarray) -> np.ndarray:
+            arrays = {f.name: (c.reshape(len(c), f.max_len) if f.kind == FieldKind.MULTI else c)
+                      for f, c in zip(fields, cols, strict=True)}
+            users = to_tensors({f.name: arrays[f.name] for f in fields[:n_user]}, dev)
+            items = to_tensors({f.name: arrays[f.name] for f in fields[n_user:]}, dev)
+            with torch.inference_mode():
+                logits = model(users, items, torch.arange(len(cols[0]), device=dev))
+            return torch.sigmoid(logits.float()).cpu().numpy()
+
+        return predict
+
+    return load
+
+
+def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None = None,
+                 batch_size: int = 4096) -> dict:
+    from pyspark.ml.functions import predict_batch_udf
+
+    ds = parse_ds(ds)
+    ckpt = ckpt or cfg.model
+    model, version = load_checkpoint(ckpt)
+    spec = model.spec
+    summary = JobSummary("baseline-score", ds, model_version=version)
+    run_id = f"baseline-{ds}-{uuid.uuid4().hex[:8]}"
+    path = cfg.table_path(BASELINE_TABLE)
+    ensure_table(spark, SCORES, path)
+    ensure_table(spark, QUARANTINE, cfg.table_path(QUARANTINE))
+    with summary.timed("read+validate"):
+        cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
+        items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
+        user_cols = [f.name for f in spec.user_fields if f.name != "user_id"]
+        users = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES)).select("user_id", *user_cols)
+        tagged = day_candidates(cands, items, spec).join(users.withColumn("_ufound", F.lit(True)), "user_id", "left")
+        tagged = tagged.withColumn(REASON, F.coalesce(
+            F.col(REASON), F.when(F.col("_ufound").isNull(), F.lit("missing_user_features")))).persist()
+        summary.rows_in = tagged.count()
+    with summary.timed("quarantine"):
+        bad = quarantine_rows(tagged, ds, "baseline", list(cands.columns))
+        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'baseline'")
+    with summary.timed("score+write"):
+        good = tagged.where(F.col(REASON).isNull())
+        fields = list(spec.user_fields) + list(spec.item_fields)
+        inputs = [padded(f) if f.kind == FieldKind.MULTI else F.col(f.name) for f in fields]
+        shapes = [[f.max_len] if f.kind == FieldKind.MULTI else None for f in fields]
+        udf = predict_batch_udf(make_predict_fn(ckpt, cfg.device, fields, len(spec.user_fields)),
+                                return_type=FloatType(), batch_size=batch_size, input_tensor_shapes=shapes)
+        scored = good.select("user_id", "item_id", udf(*inputs).alias("score"))
+        rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id"))
+        out = scored.select(F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id",
+                            "item_id", "score", rank.cast("int").alias("rank"))
+        summary.rows_out = replace_day(out, path, ds, run_id)
+    tagged.unpersist()
+    return summary.emit(cfg.summary_path("baseline-score", ds))
+

@@ -1,0 +1,27 @@
+"""`ugsep run`: the user stage, then the score stage, for one ds; one combined summary."""
+
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+
+from jobs.config import JobConfig, parse_ds
+from jobs.score_stage import run_score_stage
+from jobs.summary import JobSummary
+from jobs.user_stage import run_user_stage
+
+
+def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:
+    ds = parse_ds(ds)
+    user = run_user_stage(spark, cfg, ds)
+    score = run_score_stage(spark, cfg, ds, compute_missing=compute_missing)
+    summary = JobSummary(
+        "run", ds, model_version=score["model_version"], rows_in=score["rows_in"], rows_out=score["rows_out"],
+        rows_quarantined=user["rows_quarantined"] + score["rows_quarantined"], users=score["users"],
+        quarantine_reasons={**{f"user:{k}": v for k, v in user["quarantine_reasons"].items()},
+                            **{f"score:{k}": v for k, v in score["quarantine_reasons"].items()}},
+        unknown_categorical={**user["unknown_categorical"], **score["unknown_categorical"]},
+        users_computed_on_the_fly=score["users_computed_on_the_fly"],
+        seconds={**{f"user-stage/{k}": v for k, v in user["seconds"].items()},
+                 **{f"score-stage/{k}": v for k, v in score["seconds"].items()}},
+    )
+    return summary.emit(cfg.summary_path("run", ds))

@@ -1,0 +1,137 @@
+"""Bad input: every bad row is quarantined with a reason, or the job fails before writing."""
+
+import datetime as dt
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_model
+from pyspark.sql import functions as F
+
+from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
+from jobs.config import parse_ds
+from jobs.delta_io import ContractError
+from jobs.run_day import run_day
+from ugsep.data.ranking_data import to_tensors
+
+pytestmark = pytest.mark.spark
+DS = "2026-10-10"
+NOW = dt.datetime(2026, 10, 10)
+
+
+def write(spark, cfg, contract, rows, ddl=None):
+    df = spark.createDataFrame(rows, ddl or contract.ddl)
+    df.write.format("delta").mode("overwrite").save(cfg.table_path(contract))
+
+
+def users_rows():
+    return [
+        (1, 3, 2, 5, [1, 2], 1.5, NOW),
+        (2, 4, 1, 6, [], 0.2, NOW),
+        (3, 5, 0, 7, [3], float("nan"), NOW),  # bad dense value -> user quarantined
+        (4, 6, 3, 8, [4, 5, 6], 2.0, NOW),
+    ]
+
+
+def items_rows():
+    return [
+        (10, 1, [1], 9.9, 0.5, NOW),
+        (11, 2, [2, 3], 1.0, 0.1, NOW),
+        (12, 999, [], 5.0, 2.0, NOW),  # category outside the buckets -> hashed and counted
+        (13, 4, [5], float("inf"), 1.0, NOW),  # bad dense value -> its candidates quarantined
+    ]
+
+
+def candidate_rows():
+    return [
+        (DS, 1, 10, 1.0), (DS, 1, 11, 2.0), (DS, 1, 12, 3.0),
+        (DS, 2, 10, 1.0), (DS, 2, 10, 5.0),  # duplicate (user, item): the later one is quarantined
+        (DS, None, 11, 1.0),  # null user id
+        (DS, 2, None, 1.0),  # null item id
+        (DS, 4, 99, 1.0),  # unknown item: no item features
+        (DS, 4, 13, 1.0),  # item with an inf price
+        (DS, 4, 11, 1.0),
+        (DS, 9, 10, 1.0),  # user without features
+        (DS, 3, 10, 1.0),  # user whose features hold NaN
+    ]
+
+
+@pytest.fixture
+def bad_day(spark, job_cfg):
+    write(spark, job_cfg, USER_FEATURES, users_rows())
+    write(spark, job_cfg, ITEM_FEATURES, items_rows())
+    write(spark, job_cfg, CANDIDATES, candidate_rows())
+    return job_cfg
+
+
+def test_bad_rows_are_quarantined_with_reasons(spark, bad_day):
+    cfg = bad_day
+    from jobs.score_stage import UserStateError, run_score_stage
+    from jobs.user_stage import run_user_stage
+
+    user = run_user_stage(spark, cfg, DS)
+    assert user["quarantine_reasons"] == {"missing_user_features": 1, "non_finite_activity": 1}
+    assert user["rows_out"] == 3  # users 1, 2, 4
+    # users 3 and 9 have no state: the score stage names them unless told to compute them
+    with pytest.raises(UserStateError, match="2 users"):
+        run_score_stage(spark, cfg, DS)
+    summary = run_score_stage(spark, cfg, DS, compute_missing=True)
+    assert summary["quarantine_reasons"] == {
+        "duplicate_candidate": 1, "null_user_id": 1, "null_item_id": 1,
+        "missing_item_features": 1, "non_finite_price": 1,
+        "missing_user_features": 1, "non_finite_activity": 1,  # users 9 and 3 cannot be encoded
+    }
+    assert summary["users_computed_on_the_fly"] == 0
+    assert summary["unknown_categorical"]["category"] == 1
+    assert summary["rows_in"] == len(candidate_rows())
+    assert summary["rows_out"] + summary["rows_quarantined"] == summary["rows_in"]  # nothing vanished
+    q = spark.read.format("delta").load(cfg.table_path(QUARANTINE)).where(F.col("ds") == DS).toPandas()
+    assert set(q["stage"]) == {"user", "score"}
+    dup = q.loc[q["reason"] == "duplicate_candidate", "row"].map(json.loads).iloc[0]
+    assert dup["user_id"] == 2 and dup["item_id"] == 10 and dup["recency"] == 5.0
+
+    # the surviving scores equal the model on the same rows
+    scores = spark.read.format("delta").load(cfg.table_path(SCORES)).where(F.col("ds") == DS).toPandas()
+    model = make_model(seed=5)
+    u = {r[0]: r for r in users_rows()}
+    it = {r[0]: r for r in items_rows()}
+    for row in scores.itertuples():
+        ur, ir = u[row.user_id], it[row.item_id]
+        rec = [c[3] for c in candidate_rows() if c[1] == row.user_id and c[2] == row.item_id][0]
+        users = to_tensors({"user_id": np.array([ur[0]]), "segment": np.array([ur[1]]),
+                            "age_bucket": np.array([ur[2]]), "country": np.array([ur[3]]),
+                            "interests": np.array([(ur[4] + [-1] * 5)[:5]]), "activity": np.array([ur[5]])})
+        items = to_tensors({"item_id": np.array([ir[0]]), "category": np.array([ir[1]]),
+                            "tags": np.array([(ir[2] + [-1] * 4)[:4]]), "price": np.array([ir[3]]),
+                            "popularity": np.array([ir[4]]), "recency": np.array([rec])})
+        with torch.no_grad():
+            expected = torch.sigmoid(model(users, items, torch.tensor([0]))).item()
+        assert math.isclose(row.score, expected, abs_tol=1e-5)
+
+
+def test_schema_mismatch_fails_before_writing(spark, job_cfg):
+    cfg = job_cfg
+    write(spark, cfg, USER_FEATURES, users_rows())
+    write(spark, cfg, ITEM_FEATURES, items_rows())
+    bad_ddl = CANDIDATES.ddl.replace("recency double", "recency string")
+    write(spark, cfg, CANDIDATES, [(DS, 1, 10, "yesterday")], bad_ddl)
+    with pytest.raises(ContractError, match="candidates: column 'recency' has type string, expected double"):
+        run_day(spark, cfg, DS)
+    from delta.tables import DeltaTable
+    assert not DeltaTable.isDeltaTable(spark, cfg.table_path(SCORES)) or \
+        spark.read.format("delta").load(cfg.table_path(SCORES)).count() == 0
+
+
+def test_missing_column_is_named(spark, job_cfg):
+    write(spark, job_cfg, USER_FEATURES, [(1, 2)], "user_id bigint, segment bigint")
+    write(spark, job_cfg, CANDIDATES, [(DS, 1, 10, 1.0)])
+    with pytest.raises(ContractError, match="user_features: column 'age_bucket' is missing"):
+        run_day(spark, job_cfg, DS)
+
+
+@pytest.mark.parametrize("bad", ["2026-13-01", "20261101", "yesterday", "2026-1-1"])
+def test_unparseable_ds(bad):
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        parse_ds(bad)

@@ -1,0 +1,72 @@
+"""The mapInArrow worker functions on plain Arrow batches, without Spark."""
+
+import numpy as np
+import pyarrow as pa
+import torch
+from conftest import make_model
+
+from jobs.arrow_columns import field_columns, padded_lists
+from jobs.generate import _arrow_column
+from jobs.workers import encode_user_batches, rank_within_users, score_group_batches
+from ugsep.checkpoint import save_checkpoint
+from ugsep.data.ranking_data import batch_tensors
+from ugsep.features import PAD_ID
+
+
+def test_padded_lists_truncates_pads_and_handles_nulls():
+    arr = pa.array([[1, 2, 3, 4], [], None, [7]], pa.list_(pa.int64())).slice(0, 4)
+    out = padded_lists(arr, 3)
+    assert out.tolist() == [[1, 2, 3], [PAD_ID] * 3, [PAD_ID] * 3, [7, PAD_ID, PAD_ID]]
+
+
+def test_rank_within_users():
+    user = np.array([0, 0, 0, 1, 1])
+    score = np.array([0.1, 0.9, 0.5, 0.3, 0.3], dtype=np.float32)
+    item = np.array([10, 11, 12, 21, 20])
+    assert rank_within_users(user, score, item).tolist() == [3, 1, 2, 2, 1]
+
+
+def _arrow(cols: dict) -> dict:
+    return {k: _arrow_column(v) for k, v in cols.items()}
+
+
+def test_workers_match_model(tmp_path, small_day):
+    model = make_model(seed=2)
+    save_checkpoint(model, tmp_path)
+    data = small_day.take(np.arange(len(small_day)))
+    users = pa.RecordBatch.from_pydict(_arrow(data.users))
+    states = list(encode_user_batches([users.slice(0, 20), users.slice(20)], str(tmp_path)))
+    state_col = pa.concat_arrays([b.column("state") for b in states])
+    assert len(state_col) == data.n_users
+
+    # one row per user holding its candidates, the shape the score stage builds
+    order = np.argsort(data.user_row, kind="stable")
+    items = _arrow({k: v[order] for k, v in data.items.items()})
+    counts = np.bincount(data.user_row, minlength=data.n_users)
+    offsets = pa.array(np.r_[0, np.cumsum(counts)].astype(np.int32))
+    struct = pa.StructArray.from_arrays(list(items.values()), list(items.keys()))
+    groups = pa.RecordBatch.from_pydict({"user_id": _arrow_column(data.users["user_id"]), "state": state_col,
+                                         "items": pa.ListArray.from_arrays(offsets, struct)})
+    out = pa.Table.from_batches(list(score_group_batches([groups.slice(0, 7), groups.slice(7)], str(tmp_path))))
+    assert out.num_rows == len(data)
+
+    u, i, idx, _ = batch_tensors(data, order)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(u, i, idx)).numpy()
+    np.testing.assert_allclose(out.column("score").to_numpy(), expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(out.column("item_id").to_numpy(), data.items["item_id"][order])
+
+    # a missing state is computed on the fly from the user's fields
+    user_cols = {f.name: _arrow_column(data.users[f.name]) for f in model.spec.user_fields}
+    nulled = pa.array([None if k % 3 == 0 else s for k, s in enumerate(state_col.to_pylist())],
+                      pa.list_(pa.float32()))
+    groups2 = pa.RecordBatch.from_pydict({**user_cols, "state": nulled, "items": groups.column("items")})
+    out2 = pa.Table.from_batches(list(score_group_batches([groups2], str(tmp_path))))
+    np.testing.assert_allclose(out2.column("score").to_numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_field_columns_layout(small_day):
+    model = make_model()
+    cols = field_columns(_arrow(small_day.users), model.spec.user_fields)
+    np.testing.assert_array_equal(cols["interests"], small_day.users["interests"])
+    assert cols["activity"].dtype == np.float32
