@@ -52,3 +52,22 @@ def list_column(matrix: np.ndarray) -> pa.ListArray:
     b, w = matrix.shape
     offsets = pa.array(np.arange(0, (b + 1) * w, w, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), pa.float32()))
+
+
+def to_arrow_column(values: np.ndarray) -> pa.Array:
+    """numpy field column -> Arrow: padded id lists become variable-length lists."""
+    if values.ndim == 2:
+        return pa.array([row[row != PAD_ID].tolist() for row in values], pa.list_(pa.int64()))
+    if values.dtype.kind == "f":
+        return pa.array(values.astype(np.float64))
+    return pa.array(values.astype(np.int64))
+
+
+def group_batch(user_ids: np.ndarray, state: pa.Array, items: dict[str, np.ndarray],
+                counts: np.ndarray, extra: dict[str, pa.Array] | None = None) -> pa.RecordBatch:
+    """The score stage's row shape: one row per user with ``counts[u]`` consecutive candidates."""
+    cols = {k: to_arrow_column(v) for k, v in items.items()}
+    offsets = pa.array(np.r_[0, np.cumsum(counts)].astype(np.int32))
+    struct = pa.StructArray.from_arrays(list(cols.values()), list(cols.keys()))
+    return pa.RecordBatch.from_pydict({"user_id": to_arrow_column(user_ids), "state": state,
+                                       "items": pa.ListArray.from_arrays(offsets, struct), **(extra or {})})

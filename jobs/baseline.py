@@ -32,23 +32,40 @@ def padded(f: Field) -> Column:
     return F.concat(head, pad).alias(f.name)
 
 
+def packed_width(f: Field) -> int:
+    return f.max_len if f.kind == FieldKind.MULTI else 1
+
+
+def pack_features(fields: list[Field]) -> Column:
+    """All of a candidate's model inputs as one fixed-width array<double> (predict_batch_udf
+    takes one tensor column); ids stay exact below 2**53."""
+    parts = [padded(f) if f.kind == FieldKind.MULTI else F.array(F.col(f.name)) for f in fields]
+    return F.concat(*[p.cast("array<double>") for p in parts])
+
+
 def make_predict_fn(ckpt: str, device: str, fields: list[Field], n_user: int):
     def load():
         import torch
+        from pyspark import TaskContext
 
         from jobs.workers import cached_model, pick_device
         from ugsep.data.ranking_data import to_tensors
 
+        ctx = TaskContext.get()
+        torch.set_num_threads(ctx.cpus() if ctx is not None else 1)  # as in the two-stage workers
         model, _ = cached_model(ckpt, pick_device(device))
         dev = next(model.parameters()).device
+        bounds = np.cumsum([0] + [packed_width(f) for f in fields])
 
-        def predict(*cols: np.ndarray) -> np.ndarray:
-            arrays = {f.name: (c.reshape(len(c), f.max_len) if f.kind == FieldKind.MULTI else c)
-                      for f, c in zip(fields, cols, strict=True)}
-            users = to_tensors({f.name: arrays[f.name] for f in fields[:n_user]}, dev)
-            items = to_tensors({f.name: arrays[f.name] for f in fields[n_user:]}, dev)
+        def predict(x: np.ndarray) -> np.ndarray:  # x: (B, sum of field widths)
+            cols = {}
+            for f, a, b in zip(fields, bounds[:-1], bounds[1:], strict=True):
+                v = x[:, a:b] if f.kind == FieldKind.MULTI else x[:, a]
+                cols[f.name] = v.astype(np.float32 if f.kind == FieldKind.DENSE else np.int64)
+            users = to_tensors({f.name: cols[f.name] for f in fields[:n_user]}, dev)
+            items = to_tensors({f.name: cols[f.name] for f in fields[n_user:]}, dev)
             with torch.inference_mode():
-                logits = model(users, items, torch.arange(len(cols[0]), device=dev))
+                logits = model(users, items, torch.arange(len(x), device=dev))
             return torch.sigmoid(logits.float()).cpu().numpy()
 
         return predict
@@ -84,11 +101,10 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
     with summary.timed("score+write"):
         good = tagged.where(F.col(REASON).isNull())
         fields = list(spec.user_fields) + list(spec.item_fields)
-        inputs = [padded(f) if f.kind == FieldKind.MULTI else F.col(f.name) for f in fields]
-        shapes = [[f.max_len] if f.kind == FieldKind.MULTI else None for f in fields]
+        width = sum(packed_width(f) for f in fields)
         udf = predict_batch_udf(make_predict_fn(ckpt, cfg.device, fields, len(spec.user_fields)),
-                                return_type=FloatType(), batch_size=batch_size, input_tensor_shapes=shapes)
-        scored = good.select("user_id", "item_id", udf(*inputs).alias("score"))
+                                return_type=FloatType(), batch_size=batch_size, input_tensor_shapes=[[width]])
+        scored = good.select("user_id", "item_id", udf(pack_features(fields)).alias("score"))
         rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id"))
         out = scored.select(F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id",
                             "item_id", "score", rank.cast("int").alias("rank"))

@@ -11,24 +11,16 @@ import pyarrow as pa
 from pyspark.sql import SparkSession
 
 from features.contracts import CANDIDATES, ITEM_FEATURES, USER_FEATURES, TableContract
+from jobs.arrow_columns import to_arrow_column
 from jobs.config import JobConfig, parse_ds
 from jobs.delta_io import ensure_table, replace_day
 from ugsep.data.synthetic import generate_day
-from ugsep.features import PAD_ID
 
 FEATURE_SEED = 0  # users and items keep their features across days; only candidates change
 
 
-def _arrow_column(values: np.ndarray) -> pa.Array:
-    if values.ndim == 2:  # padded id lists -> variable-length lists
-        return pa.array([row[row != PAD_ID].tolist() for row in values], pa.list_(pa.int64()))
-    if values.dtype.kind == "f":
-        return pa.array(values.astype(np.float64))
-    return pa.array(values.astype(np.int64))
-
-
 def to_arrow(cols: dict[str, np.ndarray], contract: TableContract, **const) -> pa.Table:
-    arrays = {k: _arrow_column(v) for k, v in cols.items() if k in contract.names}
+    arrays = {k: to_arrow_column(v) for k, v in cols.items() if k in contract.names}
     n = len(next(iter(arrays.values())))
     for k, v in const.items():
         arrays[k] = pa.array([v] * n)

@@ -24,11 +24,10 @@ def map_in_arrow_with_model(df: DataFrame, worker: Callable, schema: pa.Schema, 
     setting, marker = cfg.device, cfg.fail_once_marker
 
     def run(batches):
+        import torch
         from pyspark import TaskContext
 
         from jobs.workers import pick_device
-
-        import torch
 
         ctx = TaskContext.get()
         gpus = ctx.resources().get("gpu") if ctx is not None else None

@@ -83,17 +83,17 @@ def score_group_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: st
         item_cols = {f.name: flat_items.field(f.name) for f in model.spec.item_fields}
         item_cols["item_id"] = flat_items.field("item_id")
         user_index = torch.from_numpy(np.repeat(np.arange(batch.num_rows), n_items)).to(device)
+        item_ids = item_cols["item_id"].to_numpy(zero_copy_only=False)
         with torch.inference_mode():
             state = _state(model, cols, layout.width, device)
-            logits = model.score_groups(state, to_tensors(field_columns(item_cols, model.spec.item_fields),
-                                                         device), user_index)
-            scores = torch.sigmoid(logits.float()).cpu().numpy()
-        item_ids = item_cols["item_id"].to_numpy(zero_copy_only=False)
+            items_t = to_tensors(field_columns(item_cols, model.spec.item_fields), device)
+            scores = torch.sigmoid(model.score_groups(state, items_t, user_index).float())
+            rank = rank_within_users(user_index, scores, items_t["item_id"]).cpu().numpy()
+            scores = scores.cpu().numpy()
         user_ids = np.repeat(cols["user_id"].to_numpy(zero_copy_only=False), n_items)
         yield pa.RecordBatch.from_arrays(
             [pa.array(user_ids, pa.int64()), pa.array(item_ids, pa.int64()), pa.array(scores, pa.float32()),
-             pa.array(rank_within_users(user_index.cpu().numpy(), scores, item_ids), pa.int32())],
-            schema=SCORE_SCHEMA)
+             pa.array(rank, pa.int32())], schema=SCORE_SCHEMA)
         fail_once(fail_marker)
 
 
@@ -113,15 +113,23 @@ def _state(model: RankingModel, cols: dict[str, pa.Array], width: int, device: s
     return UserState.from_flat(torch.from_numpy(flat).to(device, dtype), model.state_layout)
 
 
-def rank_within_users(user_index: np.ndarray, scores: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
-    """1-based rank of each candidate within its user: highest score first, ties by item id."""
-    order = np.lexsort((item_ids, -scores, user_index))
+def rank_within_users(user_index: torch.Tensor, scores: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each candidate within its user: highest score first, ties by item id.
+
+    Two stable sorts on the scores' device (item id, then user and score), so on a GPU the
+    ranking costs no host round trip. Scores must lie in [0, 1].
+    """
+    by_item = torch.argsort(item_ids, stable=True)
+    key = user_index[by_item].double() * 4 - scores[by_item].double()  # users' key ranges are disjoint
+    order = by_item[torch.argsort(key, stable=True)]
     u = user_index[order]
-    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
-    counts = np.diff(np.r_[starts, len(u)])
-    rank = np.empty(len(order), dtype=np.int32)
-    rank[order] = np.arange(len(order)) - np.repeat(starts, counts) + 1
-    return rank
+    new_user = torch.ones_like(u, dtype=torch.bool)
+    new_user[1:] = u[1:] != u[:-1]
+    pos = torch.arange(len(u), device=u.device)
+    starts = torch.cummax(torch.where(new_user, pos, torch.zeros_like(pos)), 0).values
+    rank = torch.empty_like(pos)
+    rank[order] = pos - starts + 1
+    return rank.to(torch.int32)
 
 
 def _columns(batch: pa.RecordBatch) -> dict[str, pa.Array]:

@@ -14,7 +14,6 @@ from features.contracts import SCORES, USER_STATE
 from jobs.generate import generate_tables, synthetic_tables
 from jobs.run_day import run_day
 from jobs.score_stage import UserStateError, run_score_stage
-from jobs.user_stage import run_user_stage
 from ugsep.checkpoint import save_checkpoint
 from ugsep.data.ranking_data import batch_tensors
 from ugsep.data.synthetic import join_day, synthetic_spec
@@ -126,3 +125,17 @@ def test_user_state_rows_have_model_width(spark, day):
     widths = {r[0] for r in state.select(F.size("state")).distinct().collect()}
     assert widths == {make_model(seed=5).state_layout.width}
     assert state.count() == state.select("user_id").distinct().count() == USERS
+
+
+def test_baseline_scores_equal_two_stage_for_the_same_weights(spark, day):
+    """The naive job runs the full forward per candidate; with the same ugsep weights it must
+    give the two-stage job's scores."""
+    from jobs.baseline import BASELINE_TABLE, run_baseline
+
+    cfg, _, first = day
+    summary = run_baseline(spark, cfg, D1)
+    base = spark.read.format("delta").load(cfg.table_path(BASELINE_TABLE)).where(F.col("ds") == D1)
+    base = base.toPandas().sort_values(["user_id", "item_id"]).reset_index(drop=True)
+    assert summary["rows_out"] == len(first) == len(base)
+    np.testing.assert_allclose(base["score"], first["score"], rtol=0, atol=1e-5)
+    assert (base["rank"] == first["rank"]).mean() > 0.99  # ties may order differently

@@ -5,8 +5,7 @@ import pyarrow as pa
 import torch
 from conftest import make_model
 
-from jobs.arrow_columns import field_columns, padded_lists
-from jobs.generate import _arrow_column
+from jobs.arrow_columns import field_columns, group_batch, padded_lists, to_arrow_column
 from jobs.workers import encode_user_batches, rank_within_users, score_group_batches
 from ugsep.checkpoint import save_checkpoint
 from ugsep.data.ranking_data import batch_tensors
@@ -20,14 +19,27 @@ def test_padded_lists_truncates_pads_and_handles_nulls():
 
 
 def test_rank_within_users():
-    user = np.array([0, 0, 0, 1, 1])
-    score = np.array([0.1, 0.9, 0.5, 0.3, 0.3], dtype=np.float32)
-    item = np.array([10, 11, 12, 21, 20])
-    assert rank_within_users(user, score, item).tolist() == [3, 1, 2, 2, 1]
+    user = torch.tensor([0, 0, 0, 1, 1, 2])
+    score = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.3, 1.0])
+    item = torch.tensor([10, 11, 12, 21, 20, 5])
+    assert rank_within_users(user, score, item).tolist() == [3, 1, 2, 2, 1, 1]
+
+
+def test_rank_within_users_matches_lexsort(rng):
+    user = np.sort(rng.integers(0, 50, 2000))
+    score = rng.integers(0, 20, 2000) / 20  # many ties
+    item = rng.permutation(2000)
+    order = np.lexsort((item, -score, user))
+    expected = np.empty(2000, dtype=np.int64)
+    for u in np.unique(user):
+        members = order[user[order] == u]
+        expected[members] = np.arange(1, len(members) + 1)
+    got = rank_within_users(torch.from_numpy(user), torch.from_numpy(score).float(), torch.from_numpy(item))
+    np.testing.assert_array_equal(got.numpy(), expected)
 
 
 def _arrow(cols: dict) -> dict:
-    return {k: _arrow_column(v) for k, v in cols.items()}
+    return {k: to_arrow_column(v) for k, v in cols.items()}
 
 
 def test_workers_match_model(tmp_path, small_day):
@@ -41,12 +53,9 @@ def test_workers_match_model(tmp_path, small_day):
 
     # one row per user holding its candidates, the shape the score stage builds
     order = np.argsort(data.user_row, kind="stable")
-    items = _arrow({k: v[order] for k, v in data.items.items()})
     counts = np.bincount(data.user_row, minlength=data.n_users)
-    offsets = pa.array(np.r_[0, np.cumsum(counts)].astype(np.int32))
-    struct = pa.StructArray.from_arrays(list(items.values()), list(items.keys()))
-    groups = pa.RecordBatch.from_pydict({"user_id": _arrow_column(data.users["user_id"]), "state": state_col,
-                                         "items": pa.ListArray.from_arrays(offsets, struct)})
+    items = {k: v[order] for k, v in data.items.items()}
+    groups = group_batch(data.users["user_id"], state_col, items, counts)
     out = pa.Table.from_batches(list(score_group_batches([groups.slice(0, 7), groups.slice(7)], str(tmp_path))))
     assert out.num_rows == len(data)
 
@@ -57,10 +66,10 @@ def test_workers_match_model(tmp_path, small_day):
     np.testing.assert_array_equal(out.column("item_id").to_numpy(), data.items["item_id"][order])
 
     # a missing state is computed on the fly from the user's fields
-    user_cols = {f.name: _arrow_column(data.users[f.name]) for f in model.spec.user_fields}
+    user_cols = {f.name: to_arrow_column(data.users[f.name]) for f in model.spec.user_fields}
     nulled = pa.array([None if k % 3 == 0 else s for k, s in enumerate(state_col.to_pylist())],
                       pa.list_(pa.float32()))
-    groups2 = pa.RecordBatch.from_pydict({**user_cols, "state": nulled, "items": groups.column("items")})
+    groups2 = group_batch(data.users["user_id"], nulled, items, counts, extra=user_cols)
     out2 = pa.Table.from_batches(list(score_group_batches([groups2], str(tmp_path))))
     np.testing.assert_allclose(out2.column("score").to_numpy(), expected, rtol=0, atol=1e-5)
 
