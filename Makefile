@@ -25,10 +25,10 @@ demo: setup  ## train a small model (or reuse it), then generate a day and run b
 	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --epochs 2 --out $(RUNS)/model
 	$(BIN)/ugsep demo --ds $(DEMO_DS) --users 2000 --config job.toml
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q tests
 
-lint: setup
+lint: $(BIN)/ugsep
 	$(BIN)/ruff check ugsep features jobs pipelines cli tests benchmarks
 
 bench: setup

@@ -101,7 +101,41 @@ def cmd_generate(a: argparse.Namespace) -> int:
 def cmd_user_stage(a: argparse.Namespace) -> int:
     from jobs.user_stage import run_user_stage
 
-    run_user_stage(*_spark_job(a), a.ds)
+    spark, cfg = _spark_job(a)
+    run_user_stage(spark, cfg, a.ds)
+    if a.materialize:
+        from jobs.materialize import materialize_day
+
+        materialize_day(spark, cfg, a.ds, redis=a.redis)
+    return 0
+
+
+def cmd_materialize(a: argparse.Namespace) -> int:
+    from jobs.materialize import materialize_day
+
+    spark, cfg = _spark_job(a)
+    print(json.dumps(materialize_day(spark, cfg, a.ds, redis=a.redis, batch_rows=a.batch_rows)))
+    return 0
+
+
+def cmd_features(a: argparse.Namespace) -> int:
+    from jobs.config import load_config
+    from jobs.materialize import apply_features
+
+    names = apply_features(load_config(a.config), redis=a.redis)
+    print(f"applied to project ugsep: {', '.join(names)}")
+    return 0
+
+
+def cmd_serve_score(a: argparse.Namespace) -> int:
+    from features.online_scorer import OnlineScorer, items_from_records
+    from jobs.config import load_config
+
+    cfg = load_config(a.config, model=a.model)
+    scorer = OnlineScorer(cfg.model, cfg.warehouse, redis=a.redis)
+    with open(a.items) as f:
+        records = json.load(f)
+    print(json.dumps(scorer.score(a.user_id, items_from_records(records, scorer.spec)).to_dict()))
     return 0
 
 
@@ -209,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
          "Join everything per candidate and run the full model per candidate; writes baseline_scores."),
         ("show", cmd_show, "print the top items of a few users from the scores table",
          "Read scores for --ds and print the best items of the first users."),
+        ("materialize", cmd_materialize, "load a day's user_state (and user features) into the online store",
+         "Write user_state of --ds and the user feature snapshot to Feast's online store, in batches."),
         ("demo", cmd_demo, "generate a synthetic day, run both stages, show top items",
          "What `make demo` runs after training: generate + run + show in one Spark session."),
     ]
@@ -223,12 +259,35 @@ def build_parser() -> argparse.ArgumentParser:
                            help="encode users without user_state on the fly instead of failing")
         if name in ("user-stage", "score-stage", "run", "demo"):
             j.add_argument("--model", help="checkpoint directory (overrides the config's model)")
+        if name in ("user-stage", "materialize"):
+            j.add_argument("--redis", help="host:port of a Redis online store (default: SQLite, or $UGSEP_REDIS)")
+        if name == "user-stage":
+            j.add_argument("--materialize", action="store_true", help="then load the state into the online store")
+        if name == "materialize":
+            j.add_argument("--batch-rows", type=int, default=20000, help="users per online-store write")
         if name == "baseline-score":
             j.add_argument("--baseline-model", help="checkpoint for the baseline (default: the config's model)")
         if name == "show":
             j.add_argument("--users", type=int, default=3)
             j.add_argument("--top", type=int, default=5)
         j.set_defaults(func=func)
+
+    f = sub.add_parser("features", help="Feast repository commands",
+                       description="Register the ugsep Feast objects (entity user, feature views).")
+    f.add_argument("action", choices=("apply",))
+    f.add_argument("--config", default="job.toml")
+    f.add_argument("--redis", help="host:port of a Redis online store (default: SQLite, or $UGSEP_REDIS)")
+    f.set_defaults(func=cmd_features)
+
+    o = sub.add_parser("serve-score", help="score one user's candidates online from the feature store",
+                       description="Fetch the user's state from the online store (or compute it from the "
+                                   "user's features) and score the candidates in --items; prints JSON.")
+    o.add_argument("--user-id", type=int, required=True)
+    o.add_argument("--items", required=True, help="JSON file: a list of candidate objects with item fields")
+    o.add_argument("--config", default="job.toml")
+    o.add_argument("--model", help="checkpoint directory (overrides the config's model)")
+    o.add_argument("--redis", help="host:port of a Redis online store (default: SQLite, or $UGSEP_REDIS)")
+    o.set_defaults(func=cmd_serve_score)
     return p
 
 

@@ -1,0 +1,108 @@
+"""Online scoring: a user's precomputed state from the Feast online store + score_groups.
+
+A request names one user and its candidate items (with item and cross features). The user's
+state is fetched with ``get_online_features``; state of another model version is refused;
+a user without state is encoded from its user features (also from Feast), and the response
+says which happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from features.store import feature_store
+from ugsep.checkpoint import load_checkpoint
+from ugsep.data.ranking_data import to_tensors
+from ugsep.features import PAD_ID, FieldKind
+from ugsep.state import UserState
+
+STATE_FEATURES = ["user_state:model_version", "user_state:state"]
+
+
+class StateVersionError(RuntimeError):
+    """The online store holds state written by another model version."""
+
+
+@dataclass
+class OnlineScore:
+    user_id: int
+    model_version: str
+    state_source: str  # "online_store" or "computed_from_features"
+    item_ids: list[int]
+    scores: list[float]
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+class OnlineScorer:
+    def __init__(self, ckpt: str, warehouse: str, redis: str | None = None) -> None:
+        self.model, self.version = load_checkpoint(ckpt)
+        self.spec = self.model.spec
+        self.store = feature_store(warehouse, redis)
+
+    def fetch_states(self, user_ids: list[int]) -> tuple[list[str | None], list[list[float] | None]]:
+        """(model_version, flat state) per user from the online store; None where absent."""
+        resp = self.store.get_online_features(features=STATE_FEATURES,
+                                              entity_rows=[{"user_id": int(u)} for u in user_ids]).to_dict()
+        return resp["model_version"], resp["state"]
+
+    def _user_columns(self, user_id: int) -> dict[str, np.ndarray]:
+        names = [f.name for f in self.spec.user_fields if f.name != "user_id"]
+        resp = self.store.get_online_features(features=[f"user_features:{n}" for n in names],
+                                              entity_rows=[{"user_id": int(user_id)}]).to_dict()
+        if all(resp[n][0] is None for n in names):
+            raise KeyError(f"user {user_id} has neither user_state nor user_features in the online store")
+        cols = {"user_id": np.array([user_id], dtype=np.int64)}
+        for f in self.spec.user_fields:
+            if f.name == "user_id":
+                continue
+            v = resp[f.name][0]
+            if f.kind == FieldKind.MULTI:
+                ids = list(v or [])[: f.max_len]
+                cols[f.name] = np.array([ids + [PAD_ID] * (f.max_len - len(ids))], dtype=np.int64)
+            elif f.kind == FieldKind.CATEGORICAL:
+                cols[f.name] = np.array([v if v is not None else 0], dtype=np.int64)
+            else:
+                cols[f.name] = np.array([v if v is not None else np.nan], dtype=np.float32)
+        return cols
+
+    @torch.inference_mode()
+    def score(self, user_id: int, items: dict[str, np.ndarray]) -> OnlineScore:
+        """Score candidate ``items`` (item-side columns, one row per candidate) for ``user_id``."""
+        (version,), (flat,) = self.fetch_states([user_id])
+        if flat is not None:
+            if version != self.version:
+                raise StateVersionError(f"online user_state of user {user_id} was written by model {version}, "
+                                        f"this scorer serves {self.version}; rerun the user stage and "
+                                        "materialize with this model")
+            state = UserState.from_flat(torch.tensor([flat], dtype=torch.float32), self.model.state_layout)
+            source = "online_store"
+        else:
+            state = self.model.encode_users(to_tensors(self._user_columns(user_id)))
+            source = "computed_from_features"
+        n = len(items["item_id"])
+        logits = self.model.score_groups(state, to_tensors(items), torch.zeros(n, dtype=torch.long))
+        return OnlineScore(int(user_id), self.version, source, [int(i) for i in items["item_id"]],
+                           torch.sigmoid(logits).tolist())
+
+
+def items_from_records(records: list[dict], spec) -> dict[str, np.ndarray]:
+    """JSON-style candidate records -> item-side columns (lists padded with PAD_ID)."""
+    cols = {}
+    for f in spec.item_fields:
+        try:
+            vals = [r[f.name] for r in records]
+        except KeyError:
+            raise KeyError(f"a candidate item is missing field {f.name!r}") from None
+        if f.kind == FieldKind.MULTI:
+            cols[f.name] = np.array([(list(v)[: f.max_len] + [PAD_ID] * f.max_len)[: f.max_len] for v in vals],
+                                    dtype=np.int64)
+        elif f.kind == FieldKind.CATEGORICAL:
+            cols[f.name] = np.array(vals, dtype=np.int64)
+        else:
+            cols[f.name] = np.array(vals, dtype=np.float32)
+    return cols

@@ -1,0 +1,123 @@
+"""Real Feast over the real Delta tables: apply, materialize, online lookups, online scoring."""
+
+import shutil
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from conftest import make_model
+from pyspark.sql import functions as F
+
+from features.contracts import SCORES, USER_STATE
+from features.online_scorer import OnlineScorer, StateVersionError
+from jobs.generate import generate_tables, synthetic_tables
+from jobs.materialize import materialize_day
+from jobs.run_day import run_day
+from ugsep.checkpoint import save_checkpoint
+
+pytestmark = pytest.mark.spark
+DS = "2026-11-20"
+USERS = 30
+
+
+@pytest.fixture(scope="module")
+def scored_day(spark, tmp_path_factory, model_dir):
+    from jobs.config import JobConfig
+
+    cfg = JobConfig(warehouse=str(tmp_path_factory.mktemp("fs") / "warehouse"), model=model_dir,
+                    users_per_batch=16, partitions=2)
+    generate_tables(spark, cfg, DS, USERS, mean_cands=8)
+    run_day(spark, cfg, DS)
+    state = spark.read.format("delta").load(cfg.table_path(USER_STATE)).where(F.col("ds") == DS).toPandas()
+    scores = spark.read.format("delta").load(cfg.table_path(SCORES)).where(F.col("ds") == DS).toPandas()
+    return cfg, state, scores
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (make test installs Debian's redis-server; "
+                    "this machine could not)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def _items_of(cfg_scores, user_id):
+    """The user's candidates with their item features, as the batch job saw them."""
+    users, items, cands = synthetic_tables(DS, USERS, mean_cands=8)
+    mine = np.flatnonzero(cands["user_id"] == user_id)
+    pos = np.searchsorted(items["item_id"], cands["item_id"][mine])
+    cols = {k: items[k][pos] for k in ("item_id", "category", "tags", "price", "popularity")}
+    cols["recency"] = cands["recency"][mine]
+    return cols
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_online_store_serves_the_batch_state_and_scores(spark, scored_day, model_dir, store, request):
+    cfg, state, scores = scored_day
+    redis = request.getfixturevalue("redis_server") if store == "redis" else None
+    summary = materialize_day(spark, cfg, DS, redis=redis, batch_rows=7)  # several batches
+    assert summary["user_state_rows"] == USERS
+
+    scorer = OnlineScorer(model_dir, cfg.warehouse, redis=redis)
+    versions, flats = scorer.fetch_states(state["user_id"].tolist())
+    assert set(versions) == {scorer.version}
+    for flat, expected in zip(flats, state["state"], strict=True):
+        np.testing.assert_array_equal(np.asarray(flat, dtype=np.float32), np.asarray(expected, dtype=np.float32))
+
+    for user_id in scores["user_id"].unique()[:5]:
+        out = scorer.score(int(user_id), _items_of(scores, user_id))
+        assert out.state_source == "online_store"
+        batch = scores[scores["user_id"] == user_id].set_index("item_id")["score"]
+        np.testing.assert_allclose(out.scores, batch.loc[out.item_ids].to_numpy(), rtol=0, atol=1e-5)
+
+
+def test_wrong_model_version_is_refused(spark, scored_day, tmp_path):
+    cfg, _, scores = scored_day
+    materialize_day(spark, cfg, DS)
+    save_checkpoint(make_model(seed=123), tmp_path / "other")
+    scorer = OnlineScorer(str(tmp_path / "other"), cfg.warehouse)
+    user_id = int(scores["user_id"].iloc[0])
+    with pytest.raises(StateVersionError, match=f"user {user_id} was written by model ugsep-"):
+        scorer.score(user_id, _items_of(scores, user_id))
+
+
+def test_missing_state_is_computed_from_online_features(spark, scored_day, model_dir, tmp_path):
+    """A fresh online store holding every user's features but one user's state left out."""
+    from features.contracts import USER_FEATURES
+    from features.definitions import feast_objects
+    from features.store import feature_store
+    from jobs.materialize import write_online
+
+    cfg, _, scores = scored_day
+    store = feature_store(str(tmp_path))
+    store.apply(feast_objects(cfg.table_path))
+    user_id = int(scores["user_id"].iloc[0])
+    state = spark.read.format("delta").load(cfg.table_path(USER_STATE)).where(F.col("ds") == DS)
+    write_online(state.where(F.col("user_id") != user_id).select("user_id", "model_version", "state", "created_at"),
+                 store, "user_state", 100, "state")
+    write_online(spark.read.format("delta").load(cfg.table_path(USER_FEATURES)), store, "user_features", 100, "f")
+
+    scorer = OnlineScorer(model_dir, str(tmp_path))
+    out = scorer.score(user_id, _items_of(scores, user_id))
+    assert out.state_source == "computed_from_features"
+    batch = scores[scores["user_id"] == user_id].set_index("item_id")["score"]
+    np.testing.assert_allclose(out.scores, batch.loc[out.item_ids].to_numpy(), rtol=0, atol=1e-5)
+    with pytest.raises(KeyError, match="neither user_state nor user_features"):
+        scorer.score(10**9, _items_of(scores, user_id))
