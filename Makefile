@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUNS   := runs
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup java demo test test-fast lint bench clean
+.PHONY: setup java redis demo test lint bench clean
 
 $(BIN)/ugsep: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,13 +13,17 @@ $(BIN)/ugsep: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-setup: $(BIN)/ugsep java
+setup: $(BIN)/ugsep java redis
 
 java:  ## Spark needs a JVM; install Java 17 if none is on PATH
 	@command -v java >/dev/null 2>&1 || { echo "installing openjdk-17-jre-headless"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openjdk-17-jre-headless; }
 
 DEMO_DS ?= 2026-11-24
+
+redis:  ## Redis for the online-store tests; skipped (tests say why) where it cannot be installed
+	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server"; \
+	  $(SUDO) apt-get install -y -q redis-server || echo "redis-server could not be installed"; }
 
 demo: setup  ## train a small model (or reuse it), then generate a day and run both Spark stages
 	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --epochs 2 --out $(RUNS)/model

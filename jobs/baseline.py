@@ -18,7 +18,7 @@ from jobs.config import JobConfig, parse_ds
 from jobs.delta_io import ensure_table, read_table, replace_day
 from jobs.score_stage import day_candidates
 from jobs.summary import JobSummary
-from jobs.validation import REASON, quarantine_rows
+from jobs.validation import REASON, quarantine_rows, tally
 from ugsep.checkpoint import load_checkpoint
 from ugsep.features import PAD_ID, Field, FieldKind
 
@@ -94,7 +94,8 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
         tagged = day_candidates(cands, items, spec).join(users.withColumn("_ufound", F.lit(True)), "user_id", "left")
         tagged = tagged.withColumn(REASON, F.coalesce(
             F.col(REASON), F.when(F.col("_ufound").isNull(), F.lit("missing_user_features")))).persist()
-        summary.rows_in = tagged.count()
+        counts = tally(tagged, spec.item_fields)
+        summary.rows_in, summary.users, summary.quarantine_reasons = counts.rows, counts.users, counts.reasons
     with summary.timed("quarantine"):
         bad = quarantine_rows(tagged, ds, "baseline", list(cands.columns))
         summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'baseline'")

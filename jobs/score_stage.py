@@ -19,7 +19,7 @@ from jobs.validation import (
     first_failure,
     quarantine_rows,
     tag_candidate_rows,
-    unknown_categorical_counts,
+    tally,
 )
 from jobs.workers import SCORE_SCHEMA, score_group_batches
 from ugsep.checkpoint import load_checkpoint
@@ -33,7 +33,7 @@ class UserStateError(RuntimeError):
 def day_candidates(candidates: DataFrame, item_features: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Candidates joined with item features, each tagged with the reason it cannot be scored (or null)."""
     item_cols = [f.name for f in spec.item_fields if f.name in item_features.columns and f.name != "item_id"]
-    items = item_features.select("item_id", *item_cols).withColumn("_found", F.lit(True))
+    items = F.broadcast(item_features.select("item_id", *item_cols).withColumn("_found", F.lit(True)))
     return tag_candidate_rows(candidates.join(items, "item_id", "left"), spec)
 
 
@@ -87,18 +87,17 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
         if n_missing:  # users to encode here need valid user features, like in the user stage
             feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
             cands = with_features_of_stateless_users(cands, state, feats, spec)
+        # cluster by user once: the duplicate check, the grouping and the state join reuse it
+        cands = cands.repartition(cfg.partitions or spark.sparkContext.defaultParallelism, "user_id")
         tagged = day_candidates(cands, items, spec).persist()
-        summary.rows_in = tagged.count()
+        counts = tally(tagged, spec.item_fields)
+        summary.rows_in, summary.users = counts.rows, counts.users
+        summary.quarantine_reasons, summary.unknown_categorical = counts.reasons, counts.unknown_categorical
+        summary.users_computed_on_the_fly = counts.stateless_users
         good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
-        if n_missing:
-            stateless = good.where(F.col("_has_state").isNull()).select("user_id").distinct()
-            summary.users_computed_on_the_fly = stateless.count()
     with summary.timed("quarantine"):
         bad = quarantine_rows(tagged, ds, "score", CANDIDATES.names)
         summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'score'")
-        summary.quarantine_reasons = {r[REASON]: int(r["count"]) for r in
-                                      tagged.where(F.col(REASON).isNotNull()).groupBy(REASON).count().collect()}
-        summary.unknown_categorical = unknown_categorical_counts(good, spec.item_fields)
     with summary.timed("score+write"):
         groups = item_groups(good, spec).join(state.select("user_id", "state"), "user_id", "left")
         if n_missing:
@@ -108,6 +107,5 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
         scores = map_in_arrow_with_model(groups, score_group_batches, SCORE_SCHEMA, cfg, cfg.model).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)
-        summary.users = good.select("user_id").distinct().count()
     tagged.unpersist()
     return summary.emit(cfg.summary_path("score-stage", ds))

@@ -12,7 +12,7 @@ from jobs.config import JobConfig, parse_ds
 from jobs.delta_io import ensure_table, read_table, replace_day
 from jobs.model_stage import map_in_arrow_with_model
 from jobs.summary import JobSummary
-from jobs.validation import REASON, quarantine_rows, tag_user_rows, unknown_categorical_counts
+from jobs.validation import REASON, quarantine_rows, tag_user_rows, tally
 from jobs.workers import STATE_SCHEMA, encode_user_batches
 from ugsep.checkpoint import load_checkpoint
 from ugsep.features import FeatureSpec
@@ -43,13 +43,13 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str) -> dict:
         cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
         feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
         tagged = day_users(cands, feats, model.spec).persist()
-        summary.rows_in = tagged.count()
+        counts = tally(tagged, model.spec.user_fields)
+        summary.rows_in, summary.quarantine_reasons = counts.rows, counts.reasons
+        summary.unknown_categorical = counts.unknown_categorical
     with summary.timed("quarantine"):
         bad = quarantine_rows(tagged, ds, "user", ["user_id"])
         summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'user'")
-        summary.quarantine_reasons = _reasons(tagged)
         good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
-        summary.unknown_categorical = unknown_categorical_counts(good, model.spec.user_fields)
     with summary.timed("encode+write"):
         state = encode_users_df(good, cfg, cfg.model).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "state",
@@ -58,7 +58,3 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str) -> dict:
     tagged.unpersist()
     return summary.emit(cfg.summary_path("user-stage", ds))
 
-
-def _reasons(tagged: DataFrame) -> dict[str, int]:
-    rows = tagged.where(F.col(REASON).isNotNull()).groupBy(REASON).count().collect()
-    return {r[REASON]: int(r["count"]) for r in rows}

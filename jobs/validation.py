@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, Window
@@ -52,11 +53,30 @@ def quarantine_rows(tagged: DataFrame, ds: str, stage: str, columns: list[str]) 
         F.to_json(F.struct(*columns)).alias("row"))
 
 
-def unknown_categorical_counts(df: DataFrame, fields: tuple[Field, ...]) -> dict[str, int]:
-    """Values outside a field's [0, buckets) range: hashed by the model, counted for the summary."""
+@dataclass
+class Tally:
+    """What one pass over tagged rows tells the summary."""
+
+    rows: int  # all rows, good and bad
+    reasons: dict[str, int]  # bad rows per reason
+    unknown_categorical: dict[str, int]  # good rows with a value outside the field's buckets
+    users: int  # distinct users among the good rows
+    stateless_users: int  # distinct good users without user state (score stage, --compute-missing)
+
+
+def tally(tagged: DataFrame, fields: tuple[Field, ...]) -> Tally:
+    """One Spark action for the counts, instead of one per number."""
     cats = [f for f in fields if f.kind == FieldKind.CATEGORICAL and f.name not in ("user_id", "item_id")]
-    if not cats:
-        return {}
-    aggs = [F.sum(((F.col(f.name) < 0) | (F.col(f.name) >= f.buckets)).cast("long")).alias(f.name) for f in cats]
-    row = df.agg(*aggs).collect()[0]
-    return {f.name: int(row[f.name] or 0) for f in cats}
+    aggs = [F.count(F.lit(1)).alias("_n"), F.countDistinct("user_id").alias("_users")]
+    aggs += [F.sum(((F.col(f.name) < 0) | (F.col(f.name) >= f.buckets)).cast("long")).alias(f.name) for f in cats]
+    if "_has_state" in tagged.columns:
+        aggs.append(F.countDistinct(F.when(F.col("_has_state").isNull(), F.col("user_id"))).alias("_stateless"))
+    rows = tagged.groupBy(REASON).agg(*aggs).collect()
+    good = next((r for r in rows if r[REASON] is None), None)
+    return Tally(
+        rows=sum(int(r["_n"]) for r in rows),
+        reasons={r[REASON]: int(r["_n"]) for r in rows if r[REASON] is not None},
+        unknown_categorical={f.name: int(good[f.name] or 0) if good else 0 for f in cats},
+        users=int(good["_users"]) if good else 0,
+        stateless_users=int(good.asDict().get("_stateless") or 0) if good else 0,
+    )
