@@ -23,7 +23,7 @@ DEMO_DS ?= 2026-11-24
 
 redis:  ## Redis for the online-store tests; skipped (tests say why) where it cannot be installed
 	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server"; \
-	  $(SUDO) apt-get install -y -q redis-server || echo "redis-server could not be installed"; }
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server) || echo "redis-server could not be installed"; }
 
 demo: setup  ## train a small model (or reuse it), then generate a day and run both Spark stages
 	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --epochs 2 --out $(RUNS)/model

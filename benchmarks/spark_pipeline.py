@@ -35,13 +35,16 @@ def main() -> None:
     p.add_argument("--users", type=int, default=20000)
     p.add_argument("--mean-candidates", type=float, default=100.0)
     p.add_argument("--users-per-batch", type=int, default=256)
+    p.add_argument("--d-model", type=int, default=64, help="model width (both models)")
+    p.add_argument("--tokens", type=int, default=4, help="user tokens = group tokens")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     a = p.parse_args()
 
     work = tempfile.mkdtemp(prefix="ugsep-bench-")
     torch.manual_seed(0)
     spec = synthetic_spec()
-    models = {arch: RankingModel(spec, ModelConfig(arch=arch, compensation=False)).eval()
+    dims = dict(d_model=a.d_model, n_user_tokens=a.tokens, n_group_tokens=a.tokens)
+    models = {arch: RankingModel(spec, ModelConfig(arch=arch, compensation=False, **dims)).eval()
               for arch in ("ugsep", "rankmixer")}
     for arch, m in models.items():
         save_checkpoint(m, f"{work}/{arch}")
@@ -66,7 +69,7 @@ def main() -> None:
     model_secs = time.perf_counter() - t
 
     result = {
-        "candidates": gen["candidates"], "users": gen["users"],
+        "candidates": gen["candidates"], "users": gen["users"], "dims": dims,
         "two_stage_wall_s": round(wall_two, 2), "baseline_wall_s": round(wall_base, 2),
         "speedup": round(wall_base / wall_two, 3),
         "model_compute_s": round(model_secs, 2),

@@ -1,0 +1,129 @@
+"""Feature store numbers: materialization rate, online lookup latency, online scoring latency.
+
+One synthetic day goes through the user stage, then into the SQLite online store and (if
+redis-server is installed) a Redis one started here. Online scoring of 1 user x 500
+candidates from the stored state is compared with computing the user side from the user's
+features in the same run (the path a scorer without precomputed state takes).
+
+    python benchmarks/feature_store.py [--users 5000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from features.online_scorer import OnlineScorer
+from jobs.config import JobConfig
+from jobs.generate import generate_tables, synthetic_tables
+from jobs.materialize import materialize_day
+from jobs.spark_session import build_spark
+from jobs.user_stage import run_user_stage
+from ugsep.checkpoint import save_checkpoint
+from ugsep.data.ranking_data import to_tensors
+from ugsep.data.synthetic import synthetic_spec
+from ugsep.model import ModelConfig, RankingModel
+
+DS = "2026-11-24"
+
+
+def start_redis() -> tuple[subprocess.Popen | None, str | None]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return None, None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, f"127.0.0.1:{port}"
+
+
+def latencies_ms(fn, n: int) -> dict:
+    fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return {"p50_ms": round(float(np.percentile(times, 50)), 3), "p99_ms": round(float(np.percentile(times, 99)), 3)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=5000)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--lookups", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+
+    work = tempfile.mkdtemp(prefix="ugsep-fs-")
+    torch.manual_seed(0)
+    save_checkpoint(RankingModel(synthetic_spec(), ModelConfig(d_model=a.d_model, n_user_tokens=4,
+                                                                n_group_tokens=4)).eval(), f"{work}/model")
+    cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/model")
+    spark = build_spark("ugsep-fs-bench")
+    generate_tables(spark, cfg, DS, a.users, mean_cands=5)
+    run_user_stage(spark, cfg, DS)
+
+    proc, redis = start_redis()
+    stores = {"sqlite": None, **({"redis": redis} if redis else {})}
+    users, items, cands = synthetic_tables(DS, a.users, mean_cands=5)
+    rng = np.random.default_rng(0)
+    cand = rng.integers(0, len(items["item_id"]), 500)
+    request = {k: items[k][cand] for k in ("item_id", "category", "tags", "price", "popularity")}
+    request["recency"] = rng.exponential(24.0, 500).astype(np.float32)
+    ids = users["user_id"]
+    result: dict = {"users": a.users, "d_model": a.d_model}
+    try:
+        for name, conn in stores.items():
+            m = materialize_day(spark, cfg, DS, redis=conn, with_user_features=False)
+            scorer = OnlineScorer(cfg.model, cfg.warehouse, redis=conn)
+            one = latencies_ms(lambda: scorer.fetch_states([int(rng.choice(ids))]), a.lookups)
+            hundred = latencies_ms(lambda: scorer.fetch_states(rng.choice(ids, 100).tolist()), a.lookups // 4)
+            uid = int(ids[0])
+            score = latencies_ms(lambda: scorer.score(uid, request), a.lookups // 4)
+            result[name] = {"materialize_users_per_s": round(m["user_state_rows"] / m["seconds"], 1),
+                            "lookup_1": one, "lookup_100": hundred, "online_score_1x500": score}
+        # the same request with the user side computed from features instead of the stored state
+        model = scorer.model
+        user_cols = to_tensors({k: v[:1] for k, v in users.items()})
+        item_t = to_tensors(request)
+        idx = torch.zeros(500, dtype=torch.long)
+
+        def from_scratch():
+            with torch.inference_mode():
+                model.score_groups(model.encode_users(user_cols), item_t, idx)
+
+        result["score_1x500_user_side_from_scratch_model_only"] = latencies_ms(from_scratch, a.lookups // 4)
+    finally:
+        if proc:
+            proc.terminate()
+    for name in stores:
+        r = result[name]
+        print(f"{name}: materialize {r['materialize_users_per_s']:,.0f} users/s; lookup p50/p99 "
+              f"{r['lookup_1']['p50_ms']}/{r['lookup_1']['p99_ms']} ms (1 user), "
+              f"{r['lookup_100']['p50_ms']}/{r['lookup_100']['p99_ms']} ms (100 users); online score 1x500 "
+              f"p50 {r['online_score_1x500']['p50_ms']} ms")
+    print(f"model-only 1x500 with the user side computed from scratch: p50 "
+          f"{result['score_1x500_user_side_from_scratch_model_only']['p50_ms']} ms")
+    if a.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
