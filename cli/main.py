@@ -64,6 +64,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from ugsep.quant.cli_support import quantize_checkpoint
+
+    print(json.dumps(quantize_checkpoint(a.ckpt, a.out, a.mode, a.calib_rows, a.group_size)))
+    return 0
+
+
 def cmd_score_local(a: argparse.Namespace) -> int:
     from ugsep.checkpoint import load_checkpoint
     from ugsep.local_scoring import score_day_in_memory
@@ -221,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(e)
     e.add_argument("--seed", type=int, default=0, help="dataset seed (must match training)")
     e.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("quantize", help="write a quantized checkpoint (W8A16 user side, FP8 item side)",
+                       description="Quantize a checkpoint: int8 weights with 16-bit activations for the user "
+                                   "side, FP8 E4M3 for the item side (calibrated layers may stay float).")
+    q.add_argument("--ckpt", required=True)
+    q.add_argument("--mode", choices=("w8a16", "fp8", "w8a16+fp8"), default="w8a16+fp8")
+    q.add_argument("--calib-rows", type=int, default=4096, help="rows used to pick FP8-sensitive layers")
+    q.add_argument("--group-size", type=int, default=0, help="W8A16 scale groups along the input (0: per channel)")
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("score-local", help="split-score a synthetic day in memory (no Spark)",
                        description="Generate a synthetic day, encode each user once, score all "

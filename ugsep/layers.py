@@ -39,5 +39,5 @@ class PerTokenFFN(nn.Module):
         return self.fc2(F.gelu(self.fc1(x, positions)), positions)
 
     def flops_per_token(self) -> int:
-        d, h = self.fc1.weight.shape[1:]
-        return 4 * d * h
+        hidden, d = self.fc1.bias.shape[1], self.fc2.bias.shape[1]  # biases survive quantization
+        return 4 * d * hidden

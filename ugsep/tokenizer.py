@@ -77,7 +77,7 @@ class Tokenizer(nn.Module):
         self.proj = PerTokenLinear(n_tokens, self.chunk, d_model)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        e = self.embed(batch).to(self.proj.weight.dtype)  # (B, F)
+        e = self.embed(batch).to(self.proj.bias.dtype)  # (B, F)
         e = F.pad(e, (0, self.n_tokens * self.chunk - e.shape[-1]))
         return self.proj(e.view(-1, self.n_tokens, self.chunk))  # (B, T, D)
 

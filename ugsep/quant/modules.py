@@ -1,0 +1,110 @@
+"""QuantPerTokenLinear: a drop-in for PerTokenLinear whose user positions run W8A16 and whose
+item positions run FP8 (or stay float), chosen per layer by the recipe."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ugsep.layers import PerTokenLinear
+from ugsep.quant.fp8 import E4M3, fp8_supported, quantize_fp8_rows, quantize_fp8_weight
+from ugsep.quant.int8 import dequantize_int8, quantize_int8
+from ugsep.quant.recipe import Backend
+
+_TRITON = None
+
+
+def _triton_bmm():
+    """The Triton W8A16 kernel, or None where Triton is not installed."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            from ugsep.quant.triton_kernels import w8a16_bmm
+        except ImportError:
+            w8a16_bmm = False
+        _TRITON = w8a16_bmm
+    return _TRITON or None
+
+
+class QuantPerTokenLinear(nn.Module):
+    """Positions [0, boundary) are user side, [boundary, T) item side.
+
+    user side: ``w8a16`` int8 weights (T_u, N, K) + scales (T_u, G, N), 16-bit activations.
+    item side: ``fp8`` E4M3 weights (T_g, N, K) + per-channel scales and per-row dynamic
+    activation scales, or ``float`` weights.
+    """
+
+    def __init__(self, lin: PerTokenLinear, boundary: int, user_fmt: str, item_fmt: str,
+                 group_size: int = 0, backend: Backend = Backend.AUTO) -> None:
+        super().__init__()
+        w = lin.weight.detach()
+        self.n_tokens, self.boundary, self.d_out = w.shape[0], boundary, w.shape[2]
+        self.user_fmt, self.item_fmt, self.backend = user_fmt, item_fmt, Backend(backend)
+        self.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+        self._store("user", w[:boundary], user_fmt, group_size)
+        self._store("item", w[boundary:], item_fmt, group_size)
+
+    def _store(self, side: str, w: Tensor, fmt: str, group_size: int) -> None:
+        if fmt == "w8a16":
+            q, s = quantize_int8(w, group_size)
+            self.register_buffer(f"{side}_q", q.transpose(1, 2).contiguous())  # (T, N, K)
+            self.register_buffer(f"{side}_scale", s)
+        elif fmt == "fp8":
+            q, s = quantize_fp8_weight(w)
+            # (T, N, K) = column-major B for _scaled_mm; stored as uint8 so model.to(dtype) leaves it alone
+            self.register_buffer(f"{side}_q", q.transpose(1, 2).contiguous().view(torch.uint8))
+            self.register_buffer(f"{side}_scale", s)
+        else:
+            self.register_buffer(f"{side}_w", w.clone())
+
+    def forward(self, x: Tensor, positions: slice = slice(None)) -> Tensor:
+        start, stop, _ = positions.indices(self.n_tokens)
+        xt = x.transpose(0, 1)  # (T', M, K)
+        parts = []
+        if start < self.boundary:
+            parts.append(self._side("user", xt[: self.boundary - start], slice(start, min(stop, self.boundary))))
+        if stop > self.boundary:
+            lo = max(start, self.boundary)
+            parts.append(self._side("item", xt[lo - start :], slice(lo - self.boundary, stop - self.boundary)))
+        y = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return y.transpose(0, 1)
+
+    def _side(self, side: str, x: Tensor, sl: slice) -> Tensor:
+        fmt = self.user_fmt if side == "user" else self.item_fmt
+        off = 0 if side == "user" else self.boundary
+        bias = self.bias[sl.start + off : sl.stop + off]
+        if fmt == "w8a16":
+            return self._w8a16(x, getattr(self, f"{side}_q")[sl], getattr(self, f"{side}_scale")[sl], bias)
+        if fmt == "fp8":
+            return self._fp8(x, getattr(self, f"{side}_q")[sl], getattr(self, f"{side}_scale")[sl], bias)
+        w = getattr(self, f"{side}_w")[sl].to(x.dtype)
+        return torch.baddbmm(bias.to(x.dtype).unsqueeze(1), x, w)
+
+    def _w8a16(self, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+        kernel = _triton_bmm() if x.is_cuda and self.backend != Backend.TORCH else None
+        if self.backend == Backend.TRITON and kernel is None:
+            raise RuntimeError("backend=triton needs CUDA and the triton package")
+        if kernel is not None and x.dtype in (torch.bfloat16, torch.float16):
+            return kernel(x, q.transpose(1, 2), scale.float(), bias.to(x.dtype))
+        if x.dtype == torch.bfloat16 and not x.is_cuda and scale.shape[1] == 1 and x.shape[-1] % 16 == 0:
+            # CPU: one int8 GEMM per position with bf16 activations (fast at small M; the op
+            # crashes on widths that are not a multiple of 16, which take the dequantize path)
+            return torch.stack([torch._weight_int8pack_mm(x[t].contiguous(), q[t], scale[t, 0].to(x.dtype))
+                                for t in range(x.shape[0])]) + bias.to(x.dtype).unsqueeze(1)
+        w = dequantize_int8(q.transpose(1, 2), scale.float(), x.dtype)
+        return torch.baddbmm(bias.to(x.dtype).unsqueeze(1), x, w)
+
+    def _fp8(self, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+        q, scale = q.view(E4M3), scale.float()
+        xq, xs = quantize_fp8_rows(x.contiguous())  # (T', M, K) row-major per position, (T', M, 1)
+        if x.is_cuda and fp8_supported(x.device):
+            # each position's row scales get their own (16-byte aligned) allocation, as cuBLASLt needs
+            outs = [torch._scaled_mm(xq[t], q[t].t(), scale_a=xs[t].clone(), scale_b=scale[t].unsqueeze(0),
+                                     bias=bias[t].to(torch.bfloat16), out_dtype=torch.bfloat16)
+                    for t in range(x.shape[0])]
+            return torch.stack(outs).to(x.dtype)
+        # emulation with the same rounding, for CPUs and GPUs without FP8
+        xf = xq.float() * xs
+        wf = q.float().transpose(1, 2) * scale.unsqueeze(1)
+        return torch.baddbmm(bias.float().unsqueeze(1), xf, wf).to(x.dtype)
+

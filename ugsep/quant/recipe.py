@@ -1,0 +1,39 @@
+"""A quantization recipe: which format each side's per-token products use."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+MODES = ("w8a16", "fp8", "w8a16+fp8")
+
+
+class Backend(str, Enum):
+    """Kernel choice; AUTO picks Triton on CUDA and the torch path elsewhere."""
+
+    AUTO = "auto"
+    TRITON = "triton"
+    TORCH = "torch"
+
+
+@dataclass
+class QuantRecipe:
+    mode: str = "w8a16+fp8"  # w8a16: user side only; fp8: item side only; or both
+    group_size: int = 0  # W8A16 scales per output channel (0) or per group of input rows
+    fp8_max_rel_error: float = 0.05  # calibration: item layers worse than this stay in float
+    float_layers: list[str] = field(default_factory=list)  # layers calibration kept in float
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"quantization mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def user_w8a16(self) -> bool:
+        return "w8a16" in self.mode
+
+    @property
+    def item_fp8(self) -> bool:
+        return "fp8" in self.mode
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,80 @@
+"""Triton kernel for W8A16 batched per-token products: y[t] = x[t] @ dequant(q[t]) + b[t].
+
+One program computes a (BM x BN) tile of one token position: int8 weights are loaded
+(half the bytes of bf16), turned into bf16 in registers and fed to tensor-core dots; the
+per-channel scale, the bias and an optional GELU are applied once on the accumulator.
+Imported only on CUDA; CPU installs need no Triton.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+def _configs():
+    return [
+        triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in [
+            (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (16, 64, 256, 4, 3), (32, 64, 128, 4, 4),
+            (64, 64, 64, 4, 4), (64, 128, 64, 8, 3), (128, 128, 64, 8, 3), (16, 32, 256, 2, 4),
+        ]
+    ]
+
+
+@triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUPED"])
+@triton.jit
+def _w8a16_bmm_kernel(
+    x_ptr, q_ptr, s_ptr, b_ptr, y_ptr,
+    M, N, K, GROUP,
+    sxt, sxm, sxk, sqt, sqk, sqn, sst, ssg, ssn, sbt, syt, sym, syn,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, GROUPED: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    pid, t = tl.program_id(0), tl.program_id(1)
+    n_tiles = tl.cdiv(N, BN)
+    pm, pn = pid // n_tiles, pid % n_tiles
+    rm = pm * BM + tl.arange(0, BM)
+    rn = pn * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    x_base = x_ptr + t * sxt + rm[:, None] * sxm
+    q_base = q_ptr + t * sqt + rn[None, :] * sqn
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        x = tl.load(x_base + kk[None, :] * sxk, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+        q = tl.load(q_base + kk[:, None] * sqk, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
+        if GROUPED:
+            g = tl.load(s_ptr + t * sst + (kk // GROUP)[:, None] * ssg + rn[None, :] * ssn,
+                        mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+            w = (q.to(tl.float32) * g).to(x.dtype)
+        else:
+            w = q.to(x.dtype)
+        acc += tl.dot(x, w)
+    if not GROUPED:
+        acc *= tl.load(s_ptr + t * sst + rn * ssn, mask=rn < N, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + t * sbt + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+    tl.store(y_ptr + t * syt + rm[:, None] * sym + rn[None, :] * syn, acc.to(y_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def w8a16_bmm(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None = None, gelu: bool = False) -> Tensor:
+    """x: (T, M, K) bf16/fp16 (any strides); q: (T, K, N) int8; scale: (T, G, N) -> (T, M, N)."""
+    t, m, k = x.shape
+    n = q.shape[2]
+    groups = scale.shape[1]
+    y = torch.empty((t, m, n), device=x.device, dtype=x.dtype)
+    b = bias if bias is not None else y
+    grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]), t)
+    _w8a16_bmm_kernel[grid](
+        x, q, scale, b, y, m, n, k, k // groups,
+        x.stride(0), x.stride(1), x.stride(2), q.stride(0), q.stride(1), q.stride(2),
+        scale.stride(0), scale.stride(1), scale.stride(2), b.stride(0), y.stride(0), y.stride(1), y.stride(2),
+        HAS_BIAS=bias is not None, GELU=gelu, GROUPED=groups > 1,
+    )
+    return y
