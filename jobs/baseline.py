@@ -6,20 +6,17 @@ Every candidate is joined with its user and item features and scored by the full
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 from pyspark.sql import Column, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType
 
 from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
-from jobs.config import JobConfig, parse_ds
-from jobs.delta_io import ensure_table, read_table, replace_day
+from jobs.config import JobConfig
+from jobs.delta_io import read_table, replace_day
+from jobs.job_start import start_job
 from jobs.score_stage import day_candidates
-from jobs.summary import JobSummary
 from jobs.validation import REASON, quarantine_rows, tally
-from ugsep.checkpoint import load_checkpoint
 from ugsep.features import PAD_ID, Field, FieldKind
 
 BASELINE_TABLE = "baseline_scores"
@@ -77,15 +74,10 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
                  batch_size: int = 4096) -> dict:
     from pyspark.ml.functions import predict_batch_udf
 
-    ds = parse_ds(ds)
     ckpt = ckpt or cfg.model
-    model, version = load_checkpoint(ckpt)
-    spec = model.spec
-    summary = JobSummary("baseline-score", ds, model_version=version)
-    run_id = f"baseline-{ds}-{uuid.uuid4().hex[:8]}"
     path = cfg.table_path(BASELINE_TABLE)
-    ensure_table(spark, SCORES, path)
-    ensure_table(spark, QUARANTINE, cfg.table_path(QUARANTINE))
+    job = start_job(spark, "baseline-score", ds, ckpt, [(SCORES, path), (QUARANTINE, cfg.table_path(QUARANTINE))])
+    ds, spec, version, summary, run_id = job.ds, job.model.spec, job.version, job.summary, job.run_id
     with summary.timed("read+validate"):
         cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
         items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))

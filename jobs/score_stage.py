@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE
-from jobs.config import JobConfig, parse_ds
-from jobs.delta_io import ensure_table, read_table, replace_day
+from jobs.config import JobConfig
+from jobs.delta_io import read_table, replace_day
+from jobs.job_start import start_job
 from jobs.model_stage import map_in_arrow_with_model
-from jobs.summary import JobSummary
 from jobs.validation import (
     REASON,
     USER_REASON,
@@ -22,7 +20,6 @@ from jobs.validation import (
     tally,
 )
 from jobs.workers import SCORE_SCHEMA, score_group_batches
-from ugsep.checkpoint import load_checkpoint
 from ugsep.features import FeatureSpec
 
 
@@ -68,13 +65,8 @@ def with_features_of_stateless_users(cands: DataFrame, state: DataFrame, feats: 
 
 
 def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:
-    ds = parse_ds(ds)
-    model, version = load_checkpoint(cfg.model)
-    spec = model.spec
-    summary = JobSummary("score-stage", ds, model_version=version)
-    run_id = f"score-stage-{ds}-{uuid.uuid4().hex[:8]}"
-    for contract in (SCORES, QUARANTINE):
-        ensure_table(spark, contract, cfg.table_path(contract))
+    job = start_job(spark, "score-stage", ds, cfg.model, [(c, cfg.table_path(c)) for c in (SCORES, QUARANTINE)])
+    ds, spec, version, summary, run_id = job.ds, job.model.spec, job.version, job.summary, job.run_id
     with summary.timed("read+validate"):
         cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
         items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE
-from jobs.config import JobConfig, parse_ds
-from jobs.delta_io import ensure_table, read_table, replace_day
+from jobs.config import JobConfig
+from jobs.delta_io import read_table, replace_day
+from jobs.job_start import start_job
 from jobs.model_stage import map_in_arrow_with_model
-from jobs.summary import JobSummary
 from jobs.validation import REASON, quarantine_rows, tag_user_rows, tally
 from jobs.workers import STATE_SCHEMA, encode_user_batches
-from ugsep.checkpoint import load_checkpoint
 from ugsep.features import FeatureSpec
 
 
@@ -33,12 +30,9 @@ def encode_users_df(users: DataFrame, cfg: JobConfig, ckpt: str) -> DataFrame:
 
 
 def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str) -> dict:
-    ds = parse_ds(ds)
-    model, version = load_checkpoint(cfg.model)
-    summary = JobSummary("user-stage", ds, unit="users", model_version=version)
-    run_id = f"user-stage-{ds}-{uuid.uuid4().hex[:8]}"
-    for contract in (USER_STATE, QUARANTINE):
-        ensure_table(spark, contract, cfg.table_path(contract))
+    job = start_job(spark, "user-stage", ds, cfg.model,
+                    [(c, cfg.table_path(c)) for c in (USER_STATE, QUARANTINE)], unit="users")
+    ds, model, version, summary, run_id = job.ds, job.model, job.version, job.summary, job.run_id
     with summary.timed("read"):
         cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
         feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))

@@ -1,0 +1,34 @@
+"""What every model job does first: validate ds, load the model, create its output tables."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from pyspark.sql import SparkSession
+
+from features.contracts import TableContract
+from jobs.config import parse_ds
+from jobs.delta_io import ensure_table
+from jobs.summary import JobSummary
+from ugsep.checkpoint import load_checkpoint
+from ugsep.model import RankingModel
+
+
+@dataclass
+class JobStart:
+    ds: str
+    model: RankingModel
+    version: str
+    summary: JobSummary
+    run_id: str  # tags this job's Delta commits (userMetadata)
+
+
+def start_job(spark: SparkSession, job: str, ds: str, ckpt: str, outputs: list[tuple[TableContract, str]],
+              unit: str = "candidates") -> JobStart:
+    ds = parse_ds(ds)
+    model, version = load_checkpoint(ckpt)
+    for contract, path in outputs:
+        ensure_table(spark, contract, path)
+    return JobStart(ds, model, version, JobSummary(job, ds, unit=unit, model_version=version),
+                    f"{job}-{ds}-{uuid.uuid4().hex[:8]}")
