@@ -64,6 +64,27 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill(a: argparse.Namespace) -> int:
+    from jobs.config import load_config
+    from jobs.run_day import run_day
+    from jobs.spark_session import build_spark
+    from pipelines.backfill import backfill, day_is_done, day_range
+    from ugsep.checkpoint import read_config
+
+    days = day_range(a.start, a.end)  # fails before Spark starts
+    cfg = load_config(a.config)
+    version = read_config(cfg.model)["model_version"]
+    spark = build_spark("ugsep-backfill", cfg.spark)
+    report = backfill(days, lambda ds: run_day(spark, cfg, ds), parallel=a.parallel,
+                      is_done=(lambda ds: day_is_done(cfg, ds, version)) if a.skip_done else (lambda ds: False))
+    print(report.line())
+    for ds, why in report.failed.items():
+        print(f"  {ds} failed: {why}", file=sys.stderr)
+    if not report.ok:
+        print("rerun with --skip-done to pick up where this stopped", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 def cmd_quantize(a: argparse.Namespace) -> int:
     from ugsep.quant.cli_support import quantize_checkpoint
 
@@ -295,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--config", default="job.toml")
     f.add_argument("--redis", help="host:port of a Redis online store (default: SQLite, or $UGSEP_REDIS)")
     f.set_defaults(func=cmd_features)
+
+    b = sub.add_parser("backfill", help="run `ugsep run` for a range of days",
+                       description="Run days in order (or --parallel K at a time); stop after a failure with "
+                                   "a summary; --skip-done skips days already complete for this model version.")
+    b.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    b.add_argument("--end", required=True, help="last day, YYYY-MM-DD (inclusive)")
+    b.add_argument("--parallel", type=int, default=1, help="days run at once in one Spark session")
+    b.add_argument("--skip-done", action="store_true", help="skip days whose run is complete for this model")
+    b.add_argument("--config", default="job.toml")
+    b.set_defaults(func=cmd_backfill)
 
     o = sub.add_parser("serve-score", help="score one user's candidates online from the feature store",
                        description="Fetch the user's state from the online store (or compute it from the "

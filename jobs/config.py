@@ -23,6 +23,7 @@ class JobConfig:
     task_gpus: float = 0.0  # >0: ask for GPUs per task in the model stages (stage-level scheduling)
     spark: dict[str, Any] = field(default_factory=dict)  # any spark.* setting
     fail_once_marker: str = ""  # tests only: first worker to see no marker file creates it and dies
+    fail_days: list[str] = field(default_factory=list)  # tests only: `ugsep run` fails for these days
 
     def table_path(self, table: TableContract | str) -> str:
         name = table if isinstance(table, str) else table.name

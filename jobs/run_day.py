@@ -12,6 +12,8 @@ from jobs.user_stage import run_user_stage
 
 def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:
     ds = parse_ds(ds)
+    if ds in cfg.fail_days:
+        raise RuntimeError(f"injected failure for ds={ds} (fail_days in the job config; tests only)")
     user = run_user_stage(spark, cfg, ds)
     score = run_score_stage(spark, cfg, ds, compute_missing=compute_missing)
     summary = JobSummary(

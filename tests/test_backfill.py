@@ -1,0 +1,112 @@
+"""Backfill driver (unit, with fake days) and the real `ugsep backfill` + cron script on 3 days."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.backfill import backfill, day_range
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_day_range_and_its_errors():
+    assert day_range("2026-02-27", "2026-03-01") == ["2026-02-27", "2026-02-28", "2026-03-01"]
+    with pytest.raises(ValueError, match="before"):
+        day_range("2026-03-02", "2026-03-01")
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        day_range("2026-3-1", "2026-03-02")
+
+
+def test_backfill_runs_in_order_and_stops_after_a_failure():
+    ran = []
+
+    def run(ds):
+        ran.append(ds)
+        if ds == "d2":
+            raise RuntimeError("boom")
+        return {}
+
+    report = backfill(["d1", "d2", "d3", "d4"], run)
+    assert ran == ["d1", "d2"] and report.done == ["d1"]
+    assert report.failed == {"d2": "RuntimeError: boom"} and report.not_run == ["d3", "d4"] and not report.ok
+
+
+def test_backfill_skips_done_days_and_runs_in_parallel():
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def run(ds):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return {}
+
+    report = backfill([f"d{i}" for i in range(6)], run, is_done=lambda ds: ds == "d0", parallel=3)
+    assert report.skipped == ["d0"] and report.done == [f"d{i}" for i in range(1, 6)] and report.ok
+    assert peak[0] == 3
+
+
+def _ugsep(*args, env=None, check=True):
+    p = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
+                       timeout=900, cwd=ROOT, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stdout + p.stderr)
+    return p
+
+
+@pytest.mark.spark
+def test_backfill_and_cron_for_real(spark, tmp_path, model_dir):
+    from pyspark.sql import functions as F
+
+    from features.contracts import SCORES
+    from jobs.config import JobConfig
+    from jobs.generate import generate_tables
+
+    days = ["2026-09-01", "2026-09-02", "2026-09-03"]
+    wh = tmp_path / "warehouse"
+    cfg = JobConfig(warehouse=str(wh), model=model_dir)
+    sizes = {ds: generate_tables(spark, cfg, ds, 12, mean_cands=4)["candidates"] for ds in days}
+    base = f'warehouse = "{wh}"\nmodel = "{model_dir}"\nusers_per_batch = 16\npartitions = 1\n'
+    spark_conf = '[spark]\n"spark.master" = "local[2]"\n"spark.sql.shuffle.partitions" = "1"\n'
+    conf = tmp_path / "job.toml"
+
+    conf.write_text(base + f'fail_days = ["{days[1]}"]\n' + spark_conf)
+    first = _ugsep("backfill", "--start", days[0], "--end", days[2], "--config", str(conf), check=False)
+    assert first.returncode == 1
+    assert "1 done" in first.stdout and days[1] in first.stdout and "injected failure" in first.stderr
+    assert f"not run ['{days[2]}']" in first.stdout
+
+    conf.write_text(base + spark_conf)
+    second = _ugsep("backfill", "--start", days[0], "--end", days[2], "--config", str(conf), "--skip-done")
+    assert "2 done, 1 skipped" in second.stdout
+
+    def counts():
+        scores = spark.read.format("delta").load(cfg.table_path(SCORES))
+        return {r["ds"]: (r["n"], r["pairs"]) for r in scores.groupBy("ds").agg(
+            F.count("*").alias("n"), F.countDistinct("user_id", "item_id").alias("pairs")).collect()}
+
+    assert counts() == {ds: (n, n) for ds, n in sizes.items()}  # every day complete, no duplicates
+
+    # cron: the same day again through the script (replaces, no duplicates), bad dates, the lock
+    env = {**os.environ, "UGSEP_HOME": str(ROOT), "UGSEP_CONFIG": str(conf), "UGSEP_LOG_DIR": str(tmp_path / "logs"),
+           "UGSEP_BIN": str(Path(sys.executable).parent / "ugsep")}
+    script = str(ROOT / "pipelines/cron/ugsep-daily.sh")
+    run = subprocess.run([script, days[0]], capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "succeeded" in run.stdout and list((tmp_path / "logs").glob(f"ugsep-run_{days[0]}_*.log"))
+    assert counts() == {ds: (n, n) for ds, n in sizes.items()}
+    bad = subprocess.run([script, "2026-13-45"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "not a date" in bad.stderr
+    with open(tmp_path / "logs" / f".ugsep-run_{days[2]}.lock", "w") as held:
+        import fcntl
+
+        fcntl.flock(held, fcntl.LOCK_EX)
+        locked = subprocess.run([script, days[2]], capture_output=True, text=True, env=env)
+    assert locked.returncode == 75 and "already in progress" in locked.stderr
