@@ -79,3 +79,14 @@ def test_field_columns_layout(small_day):
     cols = field_columns(_arrow(small_day.users), model.spec.user_fields)
     np.testing.assert_array_equal(cols["interests"], small_day.users["interests"])
     assert cols["activity"].dtype == np.float32
+
+
+def test_pick_device_prefers_the_assigned_gpu_then_cuda_then_cpu(monkeypatch):
+    from jobs.workers import pick_device
+
+    assert pick_device("cpu", ["0"]) == "cpu"  # an explicit setting wins
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto", ["3"]) == "cuda:3"
+    assert pick_device("auto", None) == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto", ["3"]) == "cpu"
