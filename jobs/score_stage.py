@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -96,7 +98,8 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
             user_cols = [f.name for f in spec.user_fields if f.name != "user_id"]
             firsts = [F.first(c).alias(c) for c in user_cols]
             groups = groups.join(good.groupBy("user_id").agg(*firsts), "user_id", "left")
-        scores = map_in_arrow_with_model(groups, score_group_batches, SCORE_SCHEMA, cfg, cfg.model).select(
+        worker = partial(score_group_batches, max_candidates=cfg.max_candidates_per_call)
+        scores = map_in_arrow_with_model(groups, worker, SCORE_SCHEMA, cfg, cfg.model).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)
     tagged.unpersist()

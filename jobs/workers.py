@@ -65,36 +65,57 @@ def encode_user_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: st
         fail_once(fail_marker)
 
 
+def whole_user_slices(batch: pa.RecordBatch, max_candidates: int) -> Iterator[pa.RecordBatch]:
+    """Cut a batch of user rows into consecutive slices of at most ``max_candidates`` candidates
+    (a user with more candidates than that gets a slice of its own)."""
+    n_items = pc.list_value_length(batch.column("items")).to_numpy(zero_copy_only=False).astype(np.int64)
+    start, count = 0, 0
+    for row, n in enumerate(n_items):
+        if row > start and count + n > max_candidates:
+            yield batch.slice(start, row - start)
+            start, count = row, 0
+        count += n
+    if batch.num_rows > start:
+        yield batch.slice(start)
+
+
 def score_group_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
-                        fail_marker: str = "") -> Iterator[pa.RecordBatch]:
+                        fail_marker: str = "", max_candidates: int = 0) -> Iterator[pa.RecordBatch]:
     """(user_id, state, items: list<struct>) batches, one row per user -> one row per candidate.
 
     Rows whose state is null are encoded here from their user fields (``--compute-missing``).
+    ``max_candidates`` > 0 caps the candidates per model call (CPU caches like ~4k; GPUs more).
     """
     model, _ = cached_model(ckpt, device)
     layout = model.state_layout
-    for batch in batches:
-        if batch.num_rows == 0:
+    for whole in batches:
+        if whole.num_rows == 0:
             continue
-        cols = _columns(batch)
-        items = cols["items"]
-        n_items = pc.list_value_length(items).to_numpy(zero_copy_only=False).astype(np.int64)
-        flat_items = pc.list_flatten(items)
-        item_cols = {f.name: flat_items.field(f.name) for f in model.spec.item_fields}
-        item_cols["item_id"] = flat_items.field("item_id")
-        user_index = torch.from_numpy(np.repeat(np.arange(batch.num_rows), n_items)).to(device)
-        item_ids = item_cols["item_id"].to_numpy(zero_copy_only=False)
-        with torch.inference_mode():
-            state = _state(model, cols, layout.width, device)
-            items_t = to_tensors(field_columns(item_cols, model.spec.item_fields), device)
-            scores = torch.sigmoid(model.score_groups(state, items_t, user_index).float())
-            rank = rank_within_users(user_index, scores, items_t["item_id"]).cpu().numpy()
-            scores = scores.cpu().numpy()
-        user_ids = np.repeat(cols["user_id"].to_numpy(zero_copy_only=False), n_items)
-        yield pa.RecordBatch.from_arrays(
-            [pa.array(user_ids, pa.int64()), pa.array(item_ids, pa.int64()), pa.array(scores, pa.float32()),
-             pa.array(rank, pa.int32())], schema=SCORE_SCHEMA)
+        for batch in whole_user_slices(whole, max_candidates) if max_candidates else [whole]:
+            yield _score_batch(model, layout.width, batch, device)
         fail_once(fail_marker)
+
+
+def _score_batch(model: RankingModel, width: int, batch: pa.RecordBatch, device: str) -> pa.RecordBatch:
+    """One model call for a slice of whole users (non-empty)."""
+    cols = _columns(batch)
+    items = cols["items"]
+    n_items = pc.list_value_length(items).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat_items = pc.list_flatten(items)
+    item_cols = {f.name: flat_items.field(f.name) for f in model.spec.item_fields}
+    item_cols["item_id"] = flat_items.field("item_id")
+    user_index = torch.from_numpy(np.repeat(np.arange(batch.num_rows), n_items)).to(device)
+    item_ids = item_cols["item_id"].to_numpy(zero_copy_only=False)
+    with torch.inference_mode():
+        state = _state(model, cols, width, device)
+        items_t = to_tensors(field_columns(item_cols, model.spec.item_fields), device)
+        scores = torch.sigmoid(model.score_groups(state, items_t, user_index).float())
+        rank = rank_within_users(user_index, scores, items_t["item_id"]).cpu().numpy()
+        scores = scores.cpu().numpy()
+    user_ids = np.repeat(cols["user_id"].to_numpy(zero_copy_only=False), n_items)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(user_ids, pa.int64()), pa.array(item_ids, pa.int64()), pa.array(scores, pa.float32()),
+         pa.array(rank, pa.int32())], schema=SCORE_SCHEMA)
 
 
 def _state(model: RankingModel, cols: dict[str, pa.Array], width: int, device: str) -> UserState:

@@ -58,6 +58,10 @@ def test_workers_match_model(tmp_path, small_day):
     groups = group_batch(data.users["user_id"], state_col, items, counts)
     out = pa.Table.from_batches(list(score_group_batches([groups.slice(0, 7), groups.slice(7)], str(tmp_path))))
     assert out.num_rows == len(data)
+    capped = pa.Table.from_batches(list(score_group_batches([groups], str(tmp_path), max_candidates=50)))
+    for col in ("user_id", "item_id"):  # capping candidates per model call changes only the call sizes
+        np.testing.assert_array_equal(capped.column(col).to_numpy(), out.column(col).to_numpy())
+    np.testing.assert_allclose(capped.column("score").to_numpy(), out.column("score").to_numpy(), rtol=0, atol=1e-6)
 
     u, i, idx, _ = batch_tensors(data, order)
     with torch.no_grad():
@@ -90,3 +94,14 @@ def test_pick_device_prefers_the_assigned_gpu_then_cuda_then_cpu(monkeypatch):
     assert pick_device("auto", None) == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto", ["3"]) == "cpu"
+
+
+def test_whole_user_slices_cap_candidates_per_call():
+    from jobs.workers import whole_user_slices
+
+    counts = [30, 30, 5, 200, 1, 1]
+    items = pa.array([[{"item_id": 0}] * n for n in counts])
+    batch = pa.RecordBatch.from_pydict({"user_id": pa.array(range(6)), "items": items})
+    slices = list(whole_user_slices(batch, 60))
+    assert [s.num_rows for s in slices] == [2, 1, 1, 2]  # 30+30 | 5 | 200 alone | 1+1
+    assert sum(s.num_rows for s in slices) == 6
