@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from features.contracts import non_key_columns
 from features.store import feature_store
 from ugsep.checkpoint import load_checkpoint
 from ugsep.data.ranking_data import to_tensors
@@ -51,7 +52,7 @@ class OnlineScorer:
         return resp["model_version"], resp["state"]
 
     def _user_columns(self, user_id: int) -> dict[str, np.ndarray]:
-        names = [f.name for f in self.spec.user_fields if f.name != "user_id"]
+        names = non_key_columns(self.spec.user_fields, "user_id")
         resp = self.store.get_online_features(features=[f"user_features:{n}" for n in names],
                                               entity_rows=[{"user_id": int(user_id)}]).to_dict()
         if all(resp[n][0] is None for n in names):

@@ -11,7 +11,7 @@ from pyspark.sql import Column, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType
 
-from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
+from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, non_key_columns
 from jobs.config import JobConfig
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
@@ -81,7 +81,7 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
     with summary.timed("read+validate"):
         cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
         items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
-        user_cols = [f.name for f in spec.user_fields if f.name != "user_id"]
+        user_cols = non_key_columns(spec.user_fields, "user_id")
         users = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES)).select("user_id", *user_cols)
         tagged = day_candidates(cands, items, spec).join(users.withColumn("_ufound", F.lit(True)), "user_id", "left")
         tagged = tagged.withColumn(REASON, F.coalesce(

@@ -7,7 +7,7 @@ from functools import partial
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE
+from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE, non_key_columns
 from jobs.config import JobConfig
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
@@ -38,7 +38,7 @@ def day_candidates(candidates: DataFrame, item_features: DataFrame, spec: Featur
 
 def item_groups(good: DataFrame, spec: FeatureSpec) -> DataFrame:
     """One row per user holding the user's candidate list."""
-    fields = ["item_id", *[f.name for f in spec.item_fields if f.name != "item_id"]]
+    fields = ["item_id", *non_key_columns(spec.item_fields, "item_id")]
     return good.groupBy("user_id").agg(F.collect_list(F.struct(*fields)).alias("items"))
 
 
@@ -58,7 +58,7 @@ def with_features_of_stateless_users(cands: DataFrame, state: DataFrame, feats: 
                                      spec: FeatureSpec) -> DataFrame:
     """Attach user features to candidates of users without state; a missing or non-finite feature
     row is a reason to quarantine, exactly as in the user stage."""
-    user_cols = [f.name for f in spec.user_fields if f.name != "user_id"]
+    user_cols = non_key_columns(spec.user_fields, "user_id")
     has_state = state.select("user_id").withColumn("_has_state", F.lit(True))
     joined = (cands.join(has_state, "user_id", "left")
               .join(feats.select("user_id", *user_cols).withColumn("_ufound", F.lit(True)), "user_id", "left"))
@@ -95,7 +95,7 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
     with summary.timed("score+write"):
         groups = item_groups(good, spec).join(state.select("user_id", "state"), "user_id", "left")
         if n_missing:
-            user_cols = [f.name for f in spec.user_fields if f.name != "user_id"]
+            user_cols = non_key_columns(spec.user_fields, "user_id")
             firsts = [F.first(c).alias(c) for c in user_cols]
             groups = groups.join(good.groupBy("user_id").agg(*firsts), "user_id", "left")
         worker = partial(score_group_batches, max_candidates=cfg.max_candidates_per_call)

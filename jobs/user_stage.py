@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE
+from features.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE, non_key_columns
 from jobs.config import JobConfig
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
@@ -18,7 +18,7 @@ from ugsep.features import FeatureSpec
 def day_users(candidates: DataFrame, user_features: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Distinct users of the day's candidates joined with their features, tagged with a reason if bad."""
     users = candidates.where(F.col("user_id").isNotNull()).select("user_id").distinct()
-    feats = user_features.select("user_id", *[f.name for f in spec.user_fields if f.name != "user_id"])
+    feats = user_features.select("user_id", *non_key_columns(spec.user_fields, "user_id"))
     return tag_user_rows(users.join(feats.withColumn("_found", F.lit(True)), "user_id", "left"), spec)
 
 
