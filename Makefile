@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 RUNS   := runs
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup java redis demo test lint bench clean
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_PINS := apache-airflow==3.3.2 apache-airflow-providers-apache-spark==6.3.4
+
+.PHONY: setup java redis airflow demo test lint bench clean
 
 $(BIN)/ugsep: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,15 @@ java:  ## Spark needs a JVM; install Java 17 if none is on PATH
 
 DEMO_DS ?= 2026-11-24
 
+# Airflow pins many packages, so it gets its own venv; the DAG tests drive it from the main one.
+$(AIRFLOW_VENV)/bin/airflow:
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -q $(AIRFLOW_PINS)
+	touch $@
+
+airflow: $(AIRFLOW_VENV)/bin/airflow  ## Airflow + the Spark provider in .venv-airflow (for the DAG tests)
+
 redis:  ## Redis for the online-store tests; skipped (tests say why) where it cannot be installed
 	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server"; \
 	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server) || echo "redis-server could not be installed"; }
@@ -29,7 +41,7 @@ demo: setup  ## train a small model (or reuse it), then generate a day and run b
 	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --epochs 2 --out $(RUNS)/model
 	$(BIN)/ugsep demo --ds $(DEMO_DS) --users 2000 --config job.toml
 
-test: setup lint
+test: setup airflow lint
 	$(BIN)/python -m pytest -q tests
 
 lint: $(BIN)/ugsep
@@ -39,4 +51,4 @@ bench: setup
 	$(BIN)/python benchmarks/split_vs_full.py
 
 clean:
-	rm -rf $(RUNS) .pytest_cache
+	rm -rf $(RUNS) .pytest_cache $(AIRFLOW_VENV)

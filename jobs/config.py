@@ -34,8 +34,14 @@ class JobConfig:
         return Path(self.warehouse).resolve() / "_summaries" / f"{job}_{ds}.json"
 
 
+PATH_KEYS = ("warehouse", "model", "quantized_model")
+
+
 def load_config(path: str | None, **overrides: Any) -> JobConfig:
-    """Read ``path`` (TOML) if given, then apply non-None keyword overrides."""
+    """Read ``path`` (TOML) if given, then apply non-None keyword overrides.
+
+    Relative paths in the file are relative to the file, so a scheduler may start the job from any folder.
+    """
     raw: dict[str, Any] = {}
     if path:
         try:
@@ -48,6 +54,9 @@ def load_config(path: str | None, **overrides: Any) -> JobConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"job config {path}: unknown keys {unknown}; known keys are {sorted(known)}")
+    for key in PATH_KEYS:
+        if raw.get(key) and not Path(raw[key]).is_absolute():
+            raw[key] = str(Path(path).resolve().parent / raw[key])
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return JobConfig(**raw)
 

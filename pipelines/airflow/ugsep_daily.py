@@ -1,0 +1,101 @@
+"""Airflow DAG `ugsep_daily`: user-stage -> materialize -> score-stage for each logical date.
+
+Drop this file into Airflow's ``dags/`` folder. Each task is a ``spark-submit`` of the ugsep CLI
+(``cli/main.py``) with ``--ds {{ ds }}``, so the day scored is the logical date of the run and
+``catchup`` / ``airflow dags backfill`` fill past days. Every job replaces its day, so a retry
+or a rerun of a day never duplicates rows.
+
+Settings come from the Airflow Variable ``ugsep`` (JSON; every key optional, defaults below):
+
+    home         folder of the ugsep checkout on the worker (cli/main.py lives there)
+    python       interpreter with ugsep installed (driver and executors' Python)
+    config       job config (TOML); per run, the param ``config`` overrides it
+    conn_id      Spark connection (its host is the master: local[*], yarn, spark://..., k8s://...)
+    packages     Maven coordinates of the Delta jars for spark-submit --packages
+    spark_conf   Spark settings for every task
+    gpu_conf     Spark settings for the model stages only (user-stage, score-stage), e.g.
+                 {"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "0.25"}
+    start_date   first logical date (YYYY-MM-DD)
+    schedule     cron expression or preset (default @daily)
+    max_active_runs, retries, retry_minutes
+
+``spark-submit`` must be on the worker's PATH (the provider only runs that name): with the pip
+install of pyspark it is ``<home>/.venv/bin/spark-submit``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+try:  # Airflow 3
+    from airflow.sdk import DAG, Param, Variable
+except ImportError:  # Airflow 2.x
+    from airflow import DAG
+    from airflow.models import Variable
+    from airflow.models.param import Param
+
+HOME = os.environ.get("UGSEP_HOME", str(Path(__file__).resolve().parents[2]))
+DEFAULTS: dict = {
+    "home": HOME,
+    "python": f"{HOME}/.venv/bin/python",
+    "config": f"{HOME}/job.toml",
+    "conn_id": "spark_default",
+    "packages": "io.delta:delta-spark_4.1_2.13:4.4.0",  # what configure_spark_with_delta_pip asks for
+    "spark_conf": {},
+    "gpu_conf": {},
+    "start_date": "2026-11-01",
+    "schedule": "@daily",
+    "max_active_runs": 1,
+    "retries": 2,
+    "retry_minutes": 10,
+}
+MODEL_STAGES = ("user-stage", "score-stage")
+
+
+def load_settings() -> dict:
+    """DEFAULTS overlaid with the Airflow Variable ``ugsep`` (JSON), read once per DAG parse."""
+    try:
+        given = Variable.get("ugsep", default=None, deserialize_json=True)
+    except TypeError:  # Airflow 2 spells the default `default_var`
+        given = Variable.get("ugsep", default_var=None, deserialize_json=True)
+    unknown = sorted(set(given or {}) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"Airflow Variable 'ugsep': unknown keys {unknown}; known keys are {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **(given or {})}
+
+
+def spark_task(command: str, s: dict) -> SparkSubmitOperator:
+    """One `ugsep <command> --ds <logical date>` through spark-submit."""
+    conf = {**s["spark_conf"], **(s["gpu_conf"] if command in MODEL_STAGES else {})}
+    return SparkSubmitOperator(
+        task_id=command.replace("-", "_"),
+        conn_id=s["conn_id"],
+        application=f"{s['home']}/cli/main.py",
+        application_args=[command, "--ds", "{{ ds }}", "--config", "{{ params.config }}"],
+        name=f"ugsep-{command}-{{{{ ds }}}}",
+        packages=s["packages"],
+        conf=conf,
+        env_vars={"PYSPARK_PYTHON": s["python"], "PYSPARK_DRIVER_PYTHON": s["python"]},
+    )
+
+
+settings = load_settings()
+
+with DAG(
+    dag_id="ugsep_daily",
+    description="UG-Sep daily scoring: user-side state once per user, then score every user's items",
+    schedule=settings["schedule"],
+    start_date=dt.datetime.fromisoformat(settings["start_date"]).replace(tzinfo=dt.timezone.utc),
+    catchup=True,
+    max_active_runs=int(settings["max_active_runs"]),
+    default_args={"retries": int(settings["retries"]),
+                  "retry_delay": dt.timedelta(minutes=float(settings["retry_minutes"])),
+                  "owner": "ugsep"},
+    params={"config": Param(settings["config"], type="string", description="job config (TOML) for this run")},
+    tags=["ugsep", "spark"],
+) as dag:
+    spark_task("user-stage", settings) >> spark_task("materialize", settings) >> spark_task("score-stage", settings)
