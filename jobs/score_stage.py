@@ -12,6 +12,7 @@ from jobs.config import JobConfig
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
 from jobs.model_stage import map_in_arrow_with_model
+from jobs.report import score_distribution
 from jobs.validation import (
     REASON,
     USER_REASON,
@@ -103,4 +104,6 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)
     tagged.unpersist()
-    return summary.emit(cfg.summary_path("score-stage", ds))
+    with summary.timed("score-histogram"):
+        dist = score_distribution(read_table(spark, SCORES, cfg.table_path(SCORES)).where(F.col("ds") == ds))
+    return summary.emit(cfg.summary_path("score-stage", ds), dist)

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from jobs.run_report import write_report
+
 
 @dataclass
 class JobSummary:
@@ -44,11 +46,14 @@ class JobSummary:
         d[f"{self.unit}_per_s"] = round(self.rows_in / self.total_seconds, 1) if self.total_seconds else 0.0
         return d
 
-    def emit(self, path: Path) -> dict:
-        d = self.to_dict()
+    def emit(self, path: Path, scores: dict | None = None) -> dict:
+        """Write the summary JSON at ``path`` and the run report next to it; print one line.
+        ``scores``: the day's score distribution (``jobs.report.score_distribution``) for scoring jobs."""
+        d = {**self.to_dict(), **(scores or {})}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(d, indent=2))
+        report = write_report(d, path)
+        path.write_text(json.dumps(d, indent=2))  # last: backfill takes the JSON as the mark of a finished day
         print(f"{self.job} ds={self.ds} rows_in={self.rows_in} rows_out={self.rows_out} "
               f"quarantined={self.rows_quarantined} users={self.users} seconds={self.total_seconds} "
-              f"{self.unit}/s={d[self.unit + '_per_s']:,} summary={path}", flush=True)
+              f"{self.unit}/s={d[self.unit + '_per_s']:,} summary={path} report={report}", flush=True)
         return d

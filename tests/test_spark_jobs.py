@@ -1,5 +1,6 @@
 """Both stages on real local Spark and real Delta tables."""
 
+import json
 import threading
 from dataclasses import replace
 
@@ -55,6 +56,23 @@ def test_two_stages_equal_direct_model(day, model_dir):
     best = scores.loc[scores["rank"] == 1].set_index("user_id")["score"]
     assert (scores.groupby("user_id")["score"].max() == best).all()
     assert summary["rows_quarantined"] == 0 and summary["users"] == USERS
+
+
+def test_run_report_next_to_summary(day):
+    """Scoring jobs leave a Markdown report and a histogram PNG beside their summary JSON; the
+    histogram counts every score of the day."""
+    from jobs.run_report import report_paths
+
+    cfg, _, scores = day
+    for job in ("score-stage", "run"):
+        json_path = cfg.summary_path(job, D1)
+        md_path, png_path = report_paths(json_path)
+        assert md_path.parent == png_path.parent == json_path.parent
+        assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png_path.name})" in md_path.read_text()
+        hist = json.loads(json_path.read_text())["score_histogram"]
+        assert sum(hist["counts"]) == len(scores) and hist["out_of_range"] == 0
+    assert report_paths(cfg.summary_path("user-stage", D1))[0].exists()
 
 
 def test_rerun_replaces_the_day(spark, day):
@@ -137,5 +155,6 @@ def test_baseline_scores_equal_two_stage_for_the_same_weights(spark, day):
     base = spark.read.format("delta").load(cfg.table_path(BASELINE_TABLE)).where(F.col("ds") == D1)
     base = base.toPandas().sort_values(["user_id", "item_id"]).reset_index(drop=True)
     assert summary["rows_out"] == len(first) == len(base)
+    assert sum(summary["score_histogram"]["counts"]) == len(base)
     np.testing.assert_allclose(base["score"], first["score"], rtol=0, atol=1e-5)
     assert (base["rank"] == first["rank"]).mean() > 0.99  # ties may order differently
