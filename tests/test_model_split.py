@@ -118,3 +118,19 @@ def test_flops_ratio_matches_token_counts():
     ratio = rm.flops_per_candidate(100) / us.flops_per_candidate(100)
     assert 1.7 < ratio < 2.0
     assert rm.flops_per_candidate(1) == pytest.approx(us.flops_per_candidate(1))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the addmm path of PerTokenLinear is taken on CUDA only"))])
+def test_per_position_addmm_equals_the_batched_product(device):
+    from ugsep.layers import ADDMM_MIN_ROWS, PerTokenLinear, per_position_addmm
+
+    torch.manual_seed(0)
+    lin = PerTokenLinear(3, 32, 24).to(device)
+    with torch.no_grad():
+        lin.bias.normal_()
+    x = torch.randn(ADDMM_MIN_ROWS + 5, 3, 32, device=device)
+    ref = torch.baddbmm(lin.bias.unsqueeze(1), x.transpose(0, 1), lin.weight).transpose(0, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(per_position_addmm(x.transpose(0, 1), lin.weight, lin.bias).transpose(0, 1), ref)
+        torch.testing.assert_close(lin(x[:, 1:3], slice(1, 3)), ref[:, 1:3])

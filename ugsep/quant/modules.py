@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ugsep.layers import PerTokenLinear
-from ugsep.quant.fp8 import E4M3, fp8_supported, quantize_fp8_rows, quantize_fp8_weight
+from ugsep.quant.fp8 import E4M3, fp8_bmm, quantize_fp8_weight
 from ugsep.quant.int8 import dequantize_int8, quantize_int8
 from ugsep.quant.recipe import Backend
 
@@ -95,16 +95,4 @@ class QuantPerTokenLinear(nn.Module):
         return torch.baddbmm(bias.to(x.dtype).unsqueeze(1), x, w)
 
     def _fp8(self, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-        q, scale = q.view(E4M3), scale.float()
-        xq, xs = quantize_fp8_rows(x.contiguous())  # (T', M, K) row-major per position, (T', M, 1)
-        if x.is_cuda and fp8_supported(x.device):
-            # each position's row scales get their own (16-byte aligned) allocation, as cuBLASLt needs
-            outs = [torch._scaled_mm(xq[t], q[t].t(), scale_a=xs[t].clone(), scale_b=scale[t].unsqueeze(0),
-                                     bias=bias[t].to(torch.bfloat16), out_dtype=torch.bfloat16)
-                    for t in range(x.shape[0])]
-            return torch.stack(outs).to(x.dtype)
-        # emulation with the same rounding, for CPUs and GPUs without FP8
-        xf = xq.float() * xs
-        wf = q.float().transpose(1, 2) * scale.unsqueeze(1)
-        return torch.baddbmm(bias.float().unsqueeze(1), xf, wf).to(x.dtype)
-
+        return fp8_bmm(x, q.view(E4M3), scale.float(), bias)
