@@ -42,7 +42,7 @@ demo: setup  ## train a small model (or reuse it), then generate a day and run b
 	$(BIN)/ugsep demo --ds $(DEMO_DS) --users 2000 --config job.toml
 
 test: setup airflow lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=12 tests
 
 lint: $(BIN)/ugsep
 	$(BIN)/ruff check ugsep features jobs pipelines cli tests benchmarks

@@ -62,6 +62,9 @@ def main() -> None:
     wall_base = time.perf_counter() - t
     assert two_stage["rows_out"] == base["rows_out"] == gen["candidates"]
 
+    for name, summary in (("two-stage", two_stage), ("baseline", base)):
+        print(f"{name} steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()), flush=True)
+
     data = join_day(*synthetic_tables(DS, a.users, mean_cands=a.mean_candidates), spec)
     torch.set_num_threads(spark.sparkContext.defaultParallelism)
     t = time.perf_counter()

@@ -91,7 +91,8 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
         summary.rows_in, summary.users, summary.quarantine_reasons = counts.rows, counts.users, counts.reasons
     with summary.timed("quarantine"):
         bad = quarantine_rows(tagged, ds, "baseline", list(cands.columns))
-        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'baseline'")
+        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'baseline'",
+                                             known_rows=sum(counts.reasons.values()))
     with summary.timed("score+write"):
         good = tagged.where(F.col(REASON).isNull())
         fields = list(spec.user_fields) + list(spec.item_fields)

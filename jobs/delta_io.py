@@ -43,13 +43,17 @@ def check_contract(df: DataFrame, contract: TableContract) -> None:
             raise ContractError(f"table {contract.name}: column {col!r} has type {got}, expected {expected}")
 
 
-def replace_day(df: DataFrame, path: str, ds: str, run_id: str, extra_predicate: str = "") -> int:
+def replace_day(df: DataFrame, path: str, ds: str, run_id: str, extra_predicate: str = "",
+                known_rows: int | None = None) -> int:
     """Atomically replace the rows of day ``ds`` (and ``extra_predicate``); returns rows written.
 
     ``replaceWhere`` makes a rerun replace, never append; the commit is tagged with ``run_id``
     so the row count is read back from this commit even when other days commit concurrently.
+    ``known_rows=0`` (the caller counted none) skips the write when the table holds no such rows.
     """
     predicate = f"ds = '{ds}'" + (f" AND {extra_predicate}" if extra_predicate else "")
+    if known_rows == 0 and not df.sparkSession.read.format("delta").load(path).where(predicate).limit(1).count():
+        return 0
     (df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
        .option("userMetadata", run_id).save(path))
     return rows_written(df.sparkSession, path, run_id)

@@ -43,26 +43,25 @@ def item_groups(good: DataFrame, spec: FeatureSpec) -> DataFrame:
     return good.groupBy("user_id").agg(F.collect_list(F.struct(*fields)).alias("items"))
 
 
-def check_user_state(state: DataFrame, users: DataFrame, version: str, ds: str) -> tuple[int, list]:
-    """Refuse state of another model version; return (missing count, sample of missing users)."""
+def check_state_version(state: DataFrame, version: str, ds: str) -> None:
+    """Refuse state of another model version (reads the model_version column only)."""
     other = state.where(F.col("model_version") != version).groupBy("model_version").count().collect()
     if other:
         found = ", ".join(f"{r['model_version']} ({r['count']} users)" for r in other)
         raise UserStateError(f"user_state for ds={ds} was written by {found}, but the loaded model is "
                              f"{version}; rerun the user stage with this model")
-    missing = users.join(state.select("user_id"), "user_id", "left_anti")
-    sample = [r["user_id"] for r in missing.limit(5).collect()]
-    return (missing.count() if sample else 0), sample
 
 
-def with_features_of_stateless_users(cands: DataFrame, state: DataFrame, feats: DataFrame,
-                                     spec: FeatureSpec) -> DataFrame:
-    """Attach user features to candidates of users without state; a missing or non-finite feature
-    row is a reason to quarantine, exactly as in the user stage."""
+def with_state_flag(cands: DataFrame, state: DataFrame) -> DataFrame:
+    """Mark candidates whose user has state (``_has_state``); the tally counts the users without."""
+    return cands.join(state.select("user_id").withColumn("_has_state", F.lit(True)), "user_id", "left")
+
+
+def with_features_of_stateless_users(cands: DataFrame, feats: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """Attach user features to state-flagged candidates; for users without state a missing or
+    non-finite feature row is a reason to quarantine, exactly as in the user stage."""
     user_cols = non_key_columns(spec.user_fields, "user_id")
-    has_state = state.select("user_id").withColumn("_has_state", F.lit(True))
-    joined = (cands.join(has_state, "user_id", "left")
-              .join(feats.select("user_id", *user_cols).withColumn("_ufound", F.lit(True)), "user_id", "left"))
+    joined = cands.join(feats.select("user_id", *user_cols).withColumn("_ufound", F.lit(True)), "user_id", "left")
     checks = [(F.col("_ufound").isNull(), "missing_user_features"), *dense_checks(spec.user_fields)]
     return joined.withColumn(USER_REASON, F.when(F.col("_has_state").isNull(), first_failure(checks)))
 
@@ -74,28 +73,32 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
         cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
         items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
         state = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
-        day_users = cands.where(F.col("user_id").isNotNull()).select("user_id").distinct()
-        n_missing, sample = check_user_state(state, day_users, version, ds)
-        if n_missing and not compute_missing:
-            raise UserStateError(f"{n_missing} users of ds={ds} have no user_state (e.g. {sample}); run "
-                                 "`ugsep user-stage` for this ds first, or pass --compute-missing")
-        if n_missing:  # users to encode here need valid user features, like in the user stage
+        check_state_version(state, version, ds)
+        cands = with_state_flag(cands, state)
+        if compute_missing:  # users to encode here need valid user features, like in the user stage
             feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
-            cands = with_features_of_stateless_users(cands, state, feats, spec)
+            cands = with_features_of_stateless_users(cands, feats, spec)
         # cluster by user once: the duplicate check, the grouping and the state join reuse it
         cands = cands.repartition(cfg.partitions or spark.sparkContext.defaultParallelism, "user_id")
         tagged = day_candidates(cands, items, spec).persist()
         counts = tally(tagged, spec.item_fields)
+        if counts.stateless_users and not compute_missing:
+            sample = [r[0] for r in tagged.where(F.col(REASON).isNull() & F.col("_has_state").isNull())
+                      .select("user_id").distinct().limit(5).collect()]
+            tagged.unpersist()
+            raise UserStateError(f"{counts.stateless_users} users of ds={ds} have no user_state (e.g. {sample}); "
+                                 "run `ugsep user-stage` for this ds first, or pass --compute-missing")
         summary.rows_in, summary.users = counts.rows, counts.users
         summary.quarantine_reasons, summary.unknown_categorical = counts.reasons, counts.unknown_categorical
         summary.users_computed_on_the_fly = counts.stateless_users
         good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
     with summary.timed("quarantine"):
         bad = quarantine_rows(tagged, ds, "score", CANDIDATES.names)
-        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'score'")
+        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'score'",
+                                             known_rows=sum(counts.reasons.values()))
     with summary.timed("score+write"):
         groups = item_groups(good, spec).join(state.select("user_id", "state"), "user_id", "left")
-        if n_missing:
+        if counts.stateless_users:
             user_cols = non_key_columns(spec.user_fields, "user_id")
             firsts = [F.first(c).alias(c) for c in user_cols]
             groups = groups.join(good.groupBy("user_id").agg(*firsts), "user_id", "left")

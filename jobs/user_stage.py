@@ -42,7 +42,8 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str) -> dict:
         summary.unknown_categorical = counts.unknown_categorical
     with summary.timed("quarantine"):
         bad = quarantine_rows(tagged, ds, "user", ["user_id"])
-        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'user'")
+        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'user'",
+                                             known_rows=sum(counts.reasons.values()))
         good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
     with summary.timed("encode+write"):
         state = encode_users_df(good, cfg, cfg.model).select(

@@ -1,0 +1,29 @@
+"""Day replacement on a real Delta table: replace, never append; skip only what is provably a no-op."""
+
+import pytest
+
+pytestmark = pytest.mark.spark
+
+
+def test_replace_day_and_the_empty_write_shortcut(spark, tmp_path):
+    from delta.tables import DeltaTable
+
+    from features.contracts import QUARANTINE
+    from jobs.delta_io import ensure_table, replace_day
+
+    path = str(tmp_path / "quarantine")
+    ensure_table(spark, QUARANTINE, path)
+    rows = lambda n: spark.createDataFrame([("2026-01-02", "user", "r", f"{{{i}}}") for i in range(n)],
+                                           "ds string, stage string, reason string, row string")
+    commits = lambda: DeltaTable.forPath(spark, path).history().count()
+    count = lambda: spark.read.format("delta").load(path).where("ds = '2026-01-02' AND stage = 'user'").count()
+
+    assert replace_day(rows(3), path, "2026-01-02", "run-a", "stage = 'user'") == 3
+    assert replace_day(rows(2), path, "2026-01-02", "run-b", "stage = 'user'") == 2 and count() == 2
+    # nothing to write, but old rows to remove: the write happens and the day ends empty
+    before = commits()
+    assert replace_day(rows(0), path, "2026-01-02", "run-c", "stage = 'user'", known_rows=0) == 0
+    assert count() == 0 and commits() == before + 1
+    # nothing to write and nothing to remove: no commit at all
+    assert replace_day(rows(0), path, "2026-01-02", "run-d", "stage = 'user'", known_rows=0) == 0
+    assert commits() == before + 1
