@@ -1,8 +1,9 @@
 """Load a day's user_state (and the user feature snapshot) into the Feast online store.
 
 Feast's own ``materialize`` pulls everything through the driver in one piece (feast#2594,
-#5707); here the day is written in hash buckets of about ``batch_rows`` users through
-``write_to_online_store``, so driver memory stays bounded whatever the number of users.
+#5707); here the day is written in hash buckets of about ``batch_rows`` users, straight from
+Arrow into the online store (``features.online_write``), so driver memory stays bounded
+whatever the number of users.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pyspark.sql import functions as F
 
 from features.contracts import USER_FEATURES, USER_STATE
 from features.definitions import feast_objects
+from features.online_write import write_arrow
 from features.store import feature_store
 from jobs.config import JobConfig, parse_ds
 from jobs.delta_io import read_table
@@ -36,10 +38,10 @@ def write_online(df: DataFrame, store, view: str, batch_rows: int, label: str) -
     n_buckets = max(1, math.ceil(total / batch_rows))
     written = 0
     for b in range(n_buckets):
-        part = df.where(F.pmod(F.xxhash64("user_id"), F.lit(n_buckets)) == b).toArrow().to_pandas()
-        if len(part):
-            store.write_to_online_store(view, part)
-        written += len(part)
+        part = df.where(F.pmod(F.xxhash64("user_id"), F.lit(n_buckets)) == b).toArrow()
+        if part.num_rows:
+            write_arrow(store, view, part)
+        written += part.num_rows
         print(f"\r[materialize] {label}: {written:,}/{total:,} users", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     df.unpersist()
