@@ -21,8 +21,12 @@ import time
 import numpy as np
 import torch
 
+from features.contracts import USER_STATE
 from features.online_scorer import OnlineScorer
+from features.online_write import write_arrow
+from features.store import feature_store
 from jobs.config import JobConfig
+from jobs.delta_io import read_table
 from jobs.generate import generate_tables, synthetic_tables
 from jobs.materialize import materialize_day
 from jobs.spark_session import build_spark
@@ -63,6 +67,20 @@ def latencies_ms(fn, n: int) -> dict:
     return {"p50_ms": round(float(np.percentile(times, 50)), 3), "p99_ms": round(float(np.percentile(times, 99)), 3)}
 
 
+def online_write_rates(store, rows) -> dict:
+    """The online write alone, same rows, same store: ours (Arrow -> protos) vs Feast's write_to_online_store."""
+    t = time.perf_counter()
+    write_arrow(store, "user_state", rows)
+    ours = time.perf_counter() - t
+    frame = rows.to_pandas()
+    t = time.perf_counter()
+    store.write_to_online_store("user_state", frame)
+    feast = time.perf_counter() - t
+    return {"online_write_users_per_s": round(rows.num_rows / ours, 1),
+            "feast_write_to_online_store_users_per_s": round(rows.num_rows / feast, 1),
+            "online_write_speedup": round(feast / ours, 2)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=5000)
@@ -80,6 +98,8 @@ def main() -> None:
     generate_tables(spark, cfg, DS, a.users, mean_cands=5)
     run_user_stage(spark, cfg, DS)
 
+    state_rows = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).select(
+        "user_id", "model_version", "state", "created_at").toArrow()
     proc, redis = start_redis()
     stores = {"sqlite": None, **({"redis": redis} if redis else {})}
     users, items, cands = synthetic_tables(DS, a.users, mean_cands=5)
@@ -98,7 +118,8 @@ def main() -> None:
             uid = int(ids[0])
             score = latencies_ms(lambda: scorer.score(uid, request), a.lookups // 4)
             result[name] = {"materialize_users_per_s": round(m["user_state_rows"] / m["seconds"], 1),
-                            "lookup_1": one, "lookup_100": hundred, "online_score_1x500": score}
+                            "lookup_1": one, "lookup_100": hundred, "online_score_1x500": score,
+                            **online_write_rates(feature_store(cfg.warehouse, conn), state_rows)}
         # the same request with the user side computed from features instead of the stored state
         model = scorer.model
         user_cols = to_tensors({k: v[:1] for k, v in users.items()})
@@ -119,6 +140,9 @@ def main() -> None:
               f"{r['lookup_1']['p50_ms']}/{r['lookup_1']['p99_ms']} ms (1 user), "
               f"{r['lookup_100']['p50_ms']}/{r['lookup_100']['p99_ms']} ms (100 users); online score 1x500 "
               f"p50 {r['online_score_1x500']['p50_ms']} ms")
+        print(f"{name}: online write alone {r['online_write_users_per_s']:,.0f} users/s vs Feast's "
+              f"write_to_online_store {r['feast_write_to_online_store_users_per_s']:,.0f} users/s on the same "
+              f"rows: {r['online_write_speedup']:.2f}x")
     print(f"model-only 1x500 with the user side computed from scratch: p50 "
           f"{result['score_1x500_user_side_from_scratch_model_only']['p50_ms']} ms")
     if a.json:
