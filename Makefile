@@ -33,7 +33,7 @@ $(AIRFLOW_VENV)/bin/airflow:
 
 airflow: $(AIRFLOW_VENV)/bin/airflow  ## Airflow + the Spark provider in .venv-airflow (for the DAG tests)
 
-redis:  ## Redis for the online-store tests; skipped (tests say why) where it cannot be installed
+redis: java  ## Redis for the online-store tests (after java: one apt at a time); tests skip, saying why, where it cannot be installed
 	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server"; \
 	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server) || echo "redis-server could not be installed"; }
 
@@ -41,7 +41,9 @@ demo: setup  ## train a small model (or reuse it), then generate a day and run b
 	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --epochs 2 --out $(RUNS)/model
 	$(BIN)/ugsep demo --ds $(DEMO_DS) --users 2000 --config job.toml
 
-test: setup airflow lint
+test:  ## set up (the two venvs in parallel), lint, run every test
+	$(MAKE) -j3 setup airflow
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q --durations=12 tests
 
 lint: $(BIN)/ugsep

@@ -54,7 +54,14 @@ def test_dag_loads_with_the_expected_graph_and_spark_submit_commands(tmp_path):
     out = probe(tmp_path, settings)
 
     assert out["import_errors"] == {} and out["dags"] == ["ugsep_daily"]
-    assert out["catchup"] is True and out["max_active_runs"] == 2 and out["schedule"] == "@daily"
+    assert out["catchup"] is True and out["max_active_runs"] == 2
+    # each run scores the day its data interval covers, after that day is over
+    assert out["timetable"] == "CronDataIntervalTimetable"
+    assert out["first_runs"][:2] == [
+        {"ds": "2026-11-01", "start": "2026-11-01T06:00:00+00:00", "end": "2026-11-02T06:00:00+00:00",
+         "fires": "2026-11-02T06:00:00+00:00"},
+        {"ds": "2026-11-02", "start": "2026-11-02T06:00:00+00:00", "end": "2026-11-03T06:00:00+00:00",
+         "fires": "2026-11-03T06:00:00+00:00"}]
     tasks = out["tasks"]
     assert {t: v["upstream"] for t, v in tasks.items()} == {
         "user_stage": [], "materialize": ["user_stage"], "score_stage": ["materialize"]}

@@ -16,7 +16,7 @@ Settings come from the Airflow Variable ``ugsep`` (JSON; every key optional, def
     gpu_conf     Spark settings for the model stages only (user-stage, score-stage), e.g.
                  {"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "0.25"}
     start_date   first logical date (YYYY-MM-DD)
-    schedule     cron expression or preset (default @daily)
+    schedule     cron expression (default "0 6 * * *"): each run scores the day its data interval starts
     max_active_runs, retries, retry_minutes
 
 ``spark-submit`` must be on the worker's PATH (the provider only runs that name): with the pip
@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 try:  # Airflow 3
     from airflow.sdk import DAG, Param, Variable
@@ -48,7 +49,7 @@ DEFAULTS: dict = {
     "spark_conf": {},
     "gpu_conf": {},
     "start_date": "2026-11-01",
-    "schedule": "@daily",
+    "schedule": "0 6 * * *",
     "max_active_runs": 1,
     "retries": 2,
     "retry_minutes": 10,
@@ -88,7 +89,9 @@ settings = load_settings()
 with DAG(
     dag_id="ugsep_daily",
     description="UG-Sep daily scoring: user-side state once per user, then score every user's items",
-    schedule=settings["schedule"],
+    # data intervals, not Airflow 3's default CronTriggerTimetable: the run that fires on day D+1
+    # at 06:00 has the interval [D, D+1) and ds = D, the day whose candidates are complete
+    schedule=CronDataIntervalTimetable(settings["schedule"], timezone="UTC"),
     start_date=dt.datetime.fromisoformat(settings["start_date"]).replace(tzinfo=dt.timezone.utc),
     catchup=True,
     max_active_runs=int(settings["max_active_runs"]),

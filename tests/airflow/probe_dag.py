@@ -11,13 +11,27 @@ import sys
 from airflow.dag_processing.dagbag import DagBag
 
 
+def first_runs(dag, n: int) -> list[dict]:
+    """The first ``n`` scheduled runs: logical date (what {{ ds }} renders), interval, when it fires."""
+    from airflow.timetables.base import TimeRestriction
+
+    runs, last = [], None
+    for _ in range(n):
+        info = dag.timetable.next_dagrun_info(last_automated_data_interval=last,
+                                              restriction=TimeRestriction(dag.start_date, None, True))
+        last = info.data_interval
+        runs.append({"ds": info.logical_date.strftime("%Y-%m-%d"), "start": last.start.isoformat(),
+                     "end": last.end.isoformat(), "fires": info.run_after.isoformat()})
+    return runs
+
+
 def main(dag_folder: str, ds: str) -> None:
     bag = DagBag(dag_folder=dag_folder)
     out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": sorted(bag.dags)}
     dag = bag.dags.get("ugsep_daily")
     if dag is not None:
-        out.update(catchup=dag.catchup, max_active_runs=dag.max_active_runs, schedule=str(dag.schedule),
-                   start_date=dag.start_date.isoformat(), tasks={})
+        out.update(catchup=dag.catchup, max_active_runs=dag.max_active_runs, timetable=type(dag.timetable).__name__,
+                   start_date=dag.start_date.isoformat(), tasks={}, first_runs=first_runs(dag, 3))
         for task in dag.tasks:
             task.render_template_fields({"ds": ds, "params": dag.params.dump()})
             hook = task._get_hook()  # the operator's own hook and command builder: what execute() runs
