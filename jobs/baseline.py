@@ -15,7 +15,7 @@ from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, US
 from jobs.config import JobConfig
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
-from jobs.report import score_distribution
+from jobs.report import observe_score_distribution
 from jobs.score_stage import day_candidates
 from jobs.validation import REASON, quarantine_rows, tally
 from ugsep.features import PAD_ID, Field, FieldKind
@@ -103,9 +103,9 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
         rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id"))
         out = scored.select(F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id",
                             "item_id", "score", rank.cast("int").alias("rank"))
+        out, distribution = observe_score_distribution(out)
         summary.rows_out = replace_day(out, path, ds, run_id)
+        dist = distribution()
     tagged.unpersist()
-    with summary.timed("score-histogram"):
-        dist = score_distribution(read_table(spark, SCORES, path).where(F.col("ds") == ds))
     return summary.emit(cfg.summary_path("baseline-score", ds), dist)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+from collections.abc import Callable
+
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from features.contracts import SCORES
@@ -25,19 +27,18 @@ def top_items(spark: SparkSession, cfg: JobConfig, ds: str, n_users: int, k: int
 SCORE_DISTRIBUTION_KEYS = ("score_histogram", "score_quantiles")
 
 
-def score_distribution(scores: DataFrame, bins: int = 20) -> dict:
-    """Histogram and quantiles of the ``score`` column of ``scores`` (one day's rows), in one Spark
-    aggregate. Scores are sigmoid probabilities, so the bins are fixed over [0, 1]; p50/p90/p99 are
-    Spark's percentile_approx (rank error at most 1/10,000 of the rows), min and max are exact."""
+def _distribution_exprs(bins: int) -> list[Column]:
     score = F.col("score")
     bin_of = F.least(F.floor(score * bins), F.lit(bins - 1))  # a score of exactly 1.0 goes in the last bin
     in_range = score.between(0.0, 1.0)  # false for null and NaN
-    probs = [0.5, 0.9, 0.99]
-    row = scores.agg(
-        F.count(F.lit(1)), F.min(score), F.max(score), F.percentile_approx(score, probs),
-        *[F.count_if(in_range & (bin_of == i)) for i in range(bins)],
-    ).first()
-    n, lo, hi, ps, counts = row[0], row[1], row[2], row[3] or [None] * len(probs), [int(c) for c in row[4:]]
+    return [F.count(F.lit(1)).alias("n"), F.min(score).alias("lo"), F.max(score).alias("hi"),
+            F.percentile_approx(score, list(PROBS)).alias("ps"),
+            *[F.count_if(in_range & (bin_of == i)).alias(f"bin{i}") for i in range(bins)]]
+
+
+def _distribution(values: dict, bins: int) -> dict:
+    n, lo, hi, ps = values["n"], values["lo"], values["hi"], values["ps"] or [None] * len(PROBS)
+    counts = [int(values[f"bin{i}"]) for i in range(bins)]
     as_float = lambda v: None if v is None else round(float(v), 6)
     return {
         "score_histogram": {"edges": [round(i / bins, 6) for i in range(bins + 1)], "counts": counts,
@@ -45,3 +46,15 @@ def score_distribution(scores: DataFrame, bins: int = 20) -> dict:
         "score_quantiles": {"min": as_float(lo), "p50": as_float(ps[0]), "p90": as_float(ps[1]),
                             "p99": as_float(ps[2]), "max": as_float(hi)},
     }
+
+
+PROBS = (0.5, 0.9, 0.99)
+
+
+def observe_score_distribution(scores: DataFrame, bins: int = 20) -> tuple[DataFrame, Callable[[], dict]]:
+    """``scores`` with its histogram and quantiles computed while its rows are written (no second pass
+    over the table); call the returned function after the write. Scores are sigmoid probabilities, so
+    the bins are fixed over [0, 1]; p50/p90/p99 are Spark's percentile_approx (rank error at most
+    1/10,000 of the rows), min and max are exact."""
+    obs = Observation("score_distribution")
+    return scores.observe(obs, *_distribution_exprs(bins)), lambda: _distribution(obs.get, bins)

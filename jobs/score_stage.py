@@ -12,7 +12,7 @@ from jobs.config import JobConfig
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
 from jobs.model_stage import map_in_arrow_with_model
-from jobs.report import score_distribution
+from jobs.report import observe_score_distribution
 from jobs.validation import (
     REASON,
     USER_REASON,
@@ -105,8 +105,8 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
         worker = partial(score_group_batches, max_candidates=cfg.max_candidates_per_call)
         scores = map_in_arrow_with_model(groups, worker, SCORE_SCHEMA, cfg, cfg.model).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
+        scores, distribution = observe_score_distribution(scores)
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)
+        dist = distribution()
     tagged.unpersist()
-    with summary.timed("score-histogram"):
-        dist = score_distribution(read_table(spark, SCORES, cfg.table_path(SCORES)).where(F.col("ds") == ds))
     return summary.emit(cfg.summary_path("score-stage", ds), dist)

@@ -48,7 +48,7 @@ class JobSummary:
 
     def emit(self, path: Path, scores: dict | None = None) -> dict:
         """Write the summary JSON at ``path`` and the run report next to it; print one line.
-        ``scores``: the day's score distribution (``jobs.report.score_distribution``) for scoring jobs."""
+        ``scores``: the day's score distribution (``jobs.report.observe_score_distribution``) for scoring jobs."""
         d = {**self.to_dict(), **(scores or {})}
         path.parent.mkdir(parents=True, exist_ok=True)
         report = write_report(d, path)

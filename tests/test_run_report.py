@@ -22,7 +22,7 @@ def a_summary(job: str = "score-stage", unit: str = "candidates") -> JobSummary:
 
 
 def a_distribution(rng: np.random.Generator, n: int = 5000) -> dict:
-    """What jobs.report.score_distribution returns, computed here with numpy."""
+    """What jobs.report.observe_score_distribution gives, computed here with numpy."""
     scores = rng.beta(2, 5, n)
     counts, edges = np.histogram(scores, bins=20, range=(0, 1))
     qs = np.quantile(scores, [0, 0.5, 0.9, 0.99, 1])
@@ -117,14 +117,21 @@ def test_emit_without_scores_writes_no_png(tmp_path):
     assert "score_histogram" not in json.loads(json_path.read_text())
 
 
+def observed_while_written(df) -> dict:
+    """The distribution as the jobs get it: observed while the rows are written (here to Spark's noop sink)."""
+    from jobs.report import observe_score_distribution
+
+    observed, distribution = observe_score_distribution(df)
+    observed.write.format("noop").mode("overwrite").save()
+    return distribution()
+
+
 @pytest.mark.spark
 def test_score_distribution_matches_numpy(spark, rng):
-    from jobs.report import score_distribution
-
     good = np.concatenate([rng.random(2000, dtype=np.float32), np.float32([0.0, 0.5, 1.0])])
     bad = [1.5, -0.25, float("nan"), None]
     df = spark.createDataFrame([(float(s),) for s in good] + [(s,) for s in bad], "score float")
-    dist = score_distribution(df)
+    dist = observed_while_written(df)
     hist, q = dist["score_histogram"], dist["score_quantiles"]
     expected, edges = np.histogram(good, bins=20, range=(0, 1))
     assert hist["counts"] == expected.tolist()
@@ -133,10 +140,10 @@ def test_score_distribution_matches_numpy(spark, rng):
     assert hist["out_of_range"] == len(bad)
     assert q["min"] == pytest.approx(-0.25)
     assert np.isnan(q["max"])  # Spark orders NaN above every number: the report shows it
-    in_range = score_distribution(spark.createDataFrame([(float(s),) for s in good], "score float"))
+    in_range = observed_while_written(spark.createDataFrame([(float(s),) for s in good], "score float"))
     assert in_range["score_quantiles"]["max"] == pytest.approx(1.0)
     for name, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
         assert in_range["score_quantiles"][name] == pytest.approx(np.quantile(good, p), abs=2e-3)
-    empty = score_distribution(df.limit(0))  # every candidate of the day quarantined
+    empty = observed_while_written(df.limit(0))  # every candidate of the day quarantined
     assert sum(empty["score_histogram"]["counts"]) == empty["score_histogram"]["out_of_range"] == 0
     assert set(empty["score_quantiles"].values()) == {None}
