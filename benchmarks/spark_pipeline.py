@@ -3,9 +3,11 @@
 One synthetic day, one local Spark session, models of the same size (ugsep for the two-stage
 job, rankmixer for the baseline, random weights: speed does not depend on them). Prints the
 wall-time ratio and the share of the two-stage wall time spent outside model compute, where
-model compute is the same model on the same rows timed in this process without Spark.
+model compute is the same model on the same rows timed in this process without Spark. Both
+jobs first run once on a small day, so neither pays the session's first-use costs (JVM code
+paths, Python workers, torch import) for the other.
 
-    python benchmarks/spark_pipeline.py [--users 20000] [--mean-candidates 100] [--json]
+    python benchmarks/spark_pipeline.py [--users 20000] [--mean-candidates 100] [--warmup-users 300] [--json]
 """
 
 from __future__ import annotations
