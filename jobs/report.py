@@ -25,6 +25,7 @@ def top_items(spark: SparkSession, cfg: JobConfig, ds: str, n_users: int, k: int
 
 
 SCORE_DISTRIBUTION_KEYS = ("score_histogram", "score_quantiles")
+PROBS = (0.5, 0.9, 0.99)  # the quantiles reported besides min and max
 
 
 def _distribution_exprs(bins: int) -> list[Column]:
@@ -46,9 +47,6 @@ def _distribution(values: dict, bins: int) -> dict:
         "score_quantiles": {"min": as_float(lo), "p50": as_float(ps[0]), "p90": as_float(ps[1]),
                             "p99": as_float(ps[2]), "max": as_float(hi)},
     }
-
-
-PROBS = (0.5, 0.9, 0.99)
 
 
 def observe_score_distribution(scores: DataFrame, bins: int = 20) -> tuple[DataFrame, Callable[[], dict]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ugsep.quant.optional_triton import triton_kernel
+
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max
 
@@ -25,15 +27,6 @@ def fp8_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def _rows_quantizer():
-    """The fused Triton row quantizer where Triton is installed, else the torch one."""
-    try:
-        from ugsep.quant.triton_kernels import fp8_quantize_rows
-    except ImportError:
-        return quantize_fp8_rows
-    return fp8_quantize_rows
-
-
 def fp8_bmm(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
     """y[t] = x[t] @ q[t]^T * scale[t] + bias[t] with per-row dynamic FP8 activations.
 
@@ -46,7 +39,7 @@ def fp8_bmm(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
         xq, xs = quantize_fp8_rows(x)
         wf = q.float().transpose(1, 2) * scale.unsqueeze(1)
         return torch.baddbmm(bias.float().unsqueeze(1), xq.float() * xs, wf).to(x.dtype)
-    xq, xs = _rows_quantizer()(x)  # (T, M, K), (T, M, 1)
+    xq, xs = (triton_kernel("fp8_quantize_rows") or quantize_fp8_rows)(x)  # (T, M, K), (T, M, 1)
     y = torch.empty((x.shape[0], x.shape[1], q.shape[1]), device=x.device, dtype=torch.bfloat16)
     for t in range(x.shape[0]):
         # each position's row scales get their own (16-byte aligned) allocation, as cuBLASLt needs;

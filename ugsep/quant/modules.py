@@ -9,21 +9,8 @@ from torch import Tensor, nn
 from ugsep.layers import PerTokenLinear
 from ugsep.quant.fp8 import E4M3, fp8_bmm, quantize_fp8_weight
 from ugsep.quant.int8 import dequantize_int8, quantize_int8
+from ugsep.quant.optional_triton import triton_kernel
 from ugsep.quant.recipe import Backend
-
-_TRITON = None
-
-
-def _triton_bmm():
-    """The Triton W8A16 kernel, or None where Triton is not installed."""
-    global _TRITON
-    if _TRITON is None:
-        try:
-            from ugsep.quant.triton_kernels import w8a16_bmm
-        except ImportError:
-            w8a16_bmm = False
-        _TRITON = w8a16_bmm
-    return _TRITON or None
 
 
 class QuantPerTokenLinear(nn.Module):
@@ -81,7 +68,7 @@ class QuantPerTokenLinear(nn.Module):
         return torch.baddbmm(bias.to(x.dtype).unsqueeze(1), x, w)
 
     def _w8a16(self, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-        kernel = _triton_bmm() if x.is_cuda and self.backend != Backend.TORCH else None
+        kernel = triton_kernel("w8a16_bmm") if x.is_cuda and self.backend != Backend.TORCH else None
         if self.backend == Backend.TRITON and kernel is None:
             raise RuntimeError("backend=triton needs CUDA and the triton package")
         if kernel is not None and x.dtype in (torch.bfloat16, torch.float16):
