@@ -1,5 +1,6 @@
 """Candidates/s of the whole model on the GPU: rankmixer bf16 full forward, ugsep bf16 split,
-ugsep split with W8A16 user side + FP8 item side; quality of each vs its float model.
+ugsep split with W8A16 user side + FP8 item side, each ugsep path with the eager item side and
+with the fused one (ugsep.fused_groups); quality of each vs its float model.
 
     python benchmarks/end_to_end_model.py [--candidates 100] [--json]
 """
@@ -51,20 +52,26 @@ def main() -> None:
     with torch.no_grad():
         recipe.float_layers = calibrate_fp8(float_us, recipe, hu, hi, hidx)
     quant = quantize_model(copy.deepcopy(float_us), recipe).cuda().to(torch.bfloat16)
-    models = {"rankmixer bf16 full": (float_rm, copy.deepcopy(float_rm).cuda().to(torch.bfloat16), "full"),
-              "ugsep bf16 split": (float_us, copy.deepcopy(float_us).cuda().to(torch.bfloat16), "split"),
-              "ugsep w8a16+fp8 split": (float_us, quant, "split")}
+    bf16_us = copy.deepcopy(float_us).cuda().to(torch.bfloat16)
+    models = {"rankmixer bf16 full": (float_rm, copy.deepcopy(float_rm).cuda().to(torch.bfloat16), None),
+              "ugsep bf16 split eager": (float_us, bf16_us, False),
+              "ugsep bf16 split fused": (float_us, bf16_us, True),
+              "ugsep w8a16+fp8 eager": (float_us, quant, False),
+              "ugsep w8a16+fp8 fused": (float_us, quant, True)}
 
     users, items, idx = make_inputs(a.rows // a.candidates, a.candidates, "cuda")
     res = {"device": torch.cuda.get_device_name(), "candidates_per_user": a.candidates,
            "float_layers": recipe.float_layers, "models": {}}
-    for name, (ref_model, model, path) in models.items():
-        run = (lambda m=model: m(users, items, idx)) if path == "full" else \
-              (lambda m=model: m.score_groups(m.encode_users(users), items, idx))
+    for name, (ref_model, model, fused) in models.items():
+        def run(m=model, users=users, items=items, idx=idx, fused=fused):
+            if fused is None:  # rankmixer: the full forward
+                return m(users, items, idx)
+            return m.score_groups(m.encode_users(users), items, idx, fused=fused)
+
         with torch.inference_mode():
             ms = do_bench(run, warmup=10, rep=200)
             ref = ref_model.score(hu, hi, hidx).numpy()
-            got = model.score(to_device(hu), to_device(hi), hidx.cuda()).float().cpu().numpy()
+            got = run(model, to_device(hu), to_device(hi), hidx.cuda()).float().cpu().numpy()
         labels = np.random.default_rng(0).random(len(ref)) < 1 / (1 + np.exp(-ref))
         res["models"][name] = {"cand_per_s": len(idx) / (ms * 1e-3),
                                "auc_vs_float_delta": auc(labels, got) - auc(labels, ref),
@@ -72,7 +79,7 @@ def main() -> None:
     base = res["models"]["rankmixer bf16 full"]["cand_per_s"]
     for name, r in res["models"].items():
         r["speedup_vs_rankmixer_bf16"] = r["cand_per_s"] / base
-        print(f"{name:>24}: {r['cand_per_s']:>12,.0f} cand/s  {r['speedup_vs_rankmixer_bf16']:.2f}x  "
+        print(f"{name:>26}: {r['cand_per_s']:>12,.0f} cand/s  {r['speedup_vs_rankmixer_bf16']:.2f}x  "
               f"AUC delta vs float {r['auc_vs_float_delta']:+.5f}  max|dlogit| {r['max_abs_logit_err']:.3f}")
     if a.json:
         print(json.dumps(res))

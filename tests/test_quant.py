@@ -125,9 +125,10 @@ def test_triton_fp8_rows_match_torch(k):
     q, s = fp8_quantize_rows(x)
     q_ref, s_ref = quantize_fp8_rows(x)
     torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
-    # same scale, same round-to-nearest: at most one E4M3 step apart where the division rounds differently
+    # same scale, same round-to-nearest: at most one E4M3 step apart where multiplying by the
+    # reciprocal rounds differently from the division
     assert (q.float() - q_ref.float()).abs().le(q_ref.float().abs() / 8 + 1e-6).all()
-    assert (q.float() == q_ref.float()).float().mean() > 0.999
+    assert (q.float() == q_ref.float()).float().mean() > 0.995
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)),

@@ -25,13 +25,19 @@ class PerTokenLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_tokens, d_out))
 
     def forward(self, x: Tensor, positions: slice = slice(None)) -> Tensor:
-        # x: (B, T', d_in) -> (T', B, d_in) so bmm runs one matrix per position
-        w, b = self.weight[positions], self.bias[positions]
-        xt = x.transpose(0, 1)
-        if x.is_cuda and x.shape[0] >= ADDMM_MIN_ROWS and not torch.is_grad_enabled():
-            return per_position_addmm(xt, w, b).transpose(0, 1)
-        y = torch.baddbmm(b.unsqueeze(1), xt, w)  # (T', B, d_out)
-        return y.transpose(0, 1)
+        # x: (B, T', d_in) -> (T', B, d_in) so each position's product is one matrix product
+        return self.positions_first(x.transpose(0, 1), positions).transpose(0, 1)
+
+    def positions_first(self, x: Tensor, positions: slice = slice(None)) -> Tensor:
+        """The same map in position-major layout: (T', B, d_in) -> (T', B, d_out)."""
+        return per_token_product(x, self.weight[positions], self.bias[positions])
+
+
+def per_token_product(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """(T', B, K) @ (T', K, N) + (T', N) -> (T', B, N) in the fastest exact form for the shape."""
+    if x.is_cuda and x.shape[1] >= ADDMM_MIN_ROWS and not torch.is_grad_enabled():
+        return per_position_addmm(x, w, b)
+    return torch.baddbmm(b.unsqueeze(1), x, w)
 
 
 def per_position_addmm(x: Tensor, w: Tensor, b: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ugsep.features import FeatureSpec
+from ugsep.fused_groups import fused_available, score_groups_fused
 from ugsep.mixer import TokenMixerBlock
 from ugsep.state import StateLayout, UserState
 from ugsep.tokenizer import Tokenizer
@@ -112,9 +113,19 @@ class RankingModel(nn.Module):
             pooled=u.sum(1) if self.cfg.pool == "all" else None,
         )
 
-    def score_groups(self, state: UserState, items: dict[str, Tensor], user_index: Tensor) -> Tensor:
-        """Logits (N,) for N candidates from precomputed user state; no user-token work."""
+    def score_groups(self, state: UserState, items: dict[str, Tensor], user_index: Tensor,
+                     fused: bool | None = None) -> Tensor:
+        """Logits (N,) for N candidates from precomputed user state; no user-token work.
+
+        ``fused``: run the item side through ``ugsep.fused_groups`` (CUDA + Triton, inference);
+        None picks it wherever it is available.
+        """
         self._require_split()
+        available = fused_available(user_index)
+        if fused and not available:
+            raise ValueError("fused=True needs CUDA tensors, Triton and autograd off")
+        if available and fused is not False:
+            return score_groups_fused(self, state, items, user_index)
         g = self.item_tokenizer(items)  # (N, T_g, D)
         heads = state.heads[user_index]  # (N, L, T_u, T_g, d)
         comp = state.comp[user_index] if state.comp is not None else None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ugsep.layers import PerTokenLinear
+from ugsep.layers import PerTokenLinear, per_token_product
+from ugsep.optional_triton import triton_kernel
 from ugsep.quant.fp8 import E4M3, fp8_bmm, quantize_fp8_weight
 from ugsep.quant.int8 import dequantize_int8, quantize_int8
-from ugsep.quant.optional_triton import triton_kernel
 from ugsep.quant.recipe import Backend
 
 
@@ -45,27 +45,35 @@ class QuantPerTokenLinear(nn.Module):
             self.register_buffer(f"{side}_w", w.clone())
 
     def forward(self, x: Tensor, positions: slice = slice(None)) -> Tensor:
+        return self.positions_first(x.transpose(0, 1), positions).transpose(0, 1)
+
+    def positions_first(self, x: Tensor | None, positions: slice = slice(None),
+                        x_fp8: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """(T', M, K) -> (T', M, N). ``x_fp8``: an FP8 item side's input rows already quantized
+        (E4M3 rows, float32 row scales), in which case ``x`` may be None."""
         start, stop, _ = positions.indices(self.n_tokens)
-        xt = x.transpose(0, 1)  # (T', M, K)
+        if x_fp8 is not None and not (start >= self.boundary and self.item_fmt == "fp8"):
+            raise ValueError("pre-quantized input needs item positions whose format is fp8")
         parts = []
         if start < self.boundary:
-            parts.append(self._side("user", xt[: self.boundary - start], slice(start, min(stop, self.boundary))))
+            parts.append(self._side("user", x[: self.boundary - start], slice(start, min(stop, self.boundary))))
         if stop > self.boundary:
             lo = max(start, self.boundary)
-            parts.append(self._side("item", xt[lo - start :], slice(lo - self.boundary, stop - self.boundary)))
-        y = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return y.transpose(0, 1)
+            xi = None if x is None else x[lo - start :]
+            parts.append(self._side("item", xi, slice(lo - self.boundary, stop - self.boundary), x_fp8))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _side(self, side: str, x: Tensor, sl: slice) -> Tensor:
+    def _side(self, side: str, x: Tensor | None, sl: slice, x_fp8: tuple[Tensor, Tensor] | None = None) -> Tensor:
         fmt = self.user_fmt if side == "user" else self.item_fmt
         off = 0 if side == "user" else self.boundary
         bias = self.bias[sl.start + off : sl.stop + off]
         if fmt == "w8a16":
             return self._w8a16(x, getattr(self, f"{side}_q")[sl], getattr(self, f"{side}_scale")[sl], bias)
         if fmt == "fp8":
-            return self._fp8(x, getattr(self, f"{side}_q")[sl], getattr(self, f"{side}_scale")[sl], bias)
+            q, scale = getattr(self, f"{side}_q")[sl], getattr(self, f"{side}_scale")[sl]
+            return fp8_bmm(x, q.view(E4M3), scale.float(), bias, x_fp8)
         w = getattr(self, f"{side}_w")[sl].to(x.dtype)
-        return torch.baddbmm(bias.to(x.dtype).unsqueeze(1), x, w)
+        return per_token_product(x, w, bias.to(x.dtype))
 
     def _w8a16(self, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
         kernel = triton_kernel("w8a16_bmm") if x.is_cuda and self.backend != Backend.TORCH else None
@@ -80,6 +88,3 @@ class QuantPerTokenLinear(nn.Module):
                                 for t in range(x.shape[0])]) + bias.to(x.dtype).unsqueeze(1)
         w = dequantize_int8(q.transpose(1, 2), scale.float(), x.dtype)
         return torch.baddbmm(bias.to(x.dtype).unsqueeze(1), x, w)
-
-    def _fp8(self, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-        return fp8_bmm(x, q.view(E4M3), scale.float(), bias)

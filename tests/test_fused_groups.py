@@ -1,0 +1,116 @@
+"""The fused item side of score_groups (position-major layout, Triton kernels) against the eager
+path it replaces; its building blocks (position-major products, pre-quantized FP8 input) on CPU."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_model
+
+from ugsep.data.ranking_data import batch_tensors
+from ugsep.data.synthetic import synthetic_dataset
+from ugsep.layers import PerTokenLinear
+from ugsep.quant.apply import quantize_model
+from ugsep.quant.fp8 import fp8_bmm, quantize_fp8_rows, quantize_fp8_weight
+from ugsep.quant.modules import QuantPerTokenLinear
+from ugsep.quant.recipe import QuantRecipe
+
+CUDA = torch.cuda.is_available()
+FP8_GPU = CUDA and torch.cuda.get_device_capability() >= (8, 9)
+needs_cuda = pytest.mark.skipif(not CUDA, reason="the fused kernels run on CUDA GPUs only")
+
+CONFIGS = {  # D not a power of two; T_u != T_g; compensation on and off; both pooling modes
+    "default": dict(),
+    "d96_u2_g6_comp_all": dict(d_model=96, n_user_tokens=2, n_group_tokens=6, pool="all", comp_rank=16),
+    "d96_nocomp": dict(d_model=96, compensation=False),
+}
+
+
+def test_positions_first_is_forward_without_the_transposes():
+    lin = PerTokenLinear(6, 32, 48)
+    x = torch.randn(5, 6, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(lin.positions_first(x[:, 2:].transpose(0, 1).contiguous(), slice(2, 6)),
+                                   lin(x[:, 2:], slice(2, 6)).transpose(0, 1))
+        q = QuantPerTokenLinear(lin, boundary=3, user_fmt="w8a16", item_fmt="fp8")
+        torch.testing.assert_close(q.positions_first(x.transpose(0, 1).contiguous()), q(x).transpose(0, 1))
+
+
+def test_prequantized_fp8_input_gives_the_same_product():
+    w = torch.randn(3, 64, 40) / 8
+    wq, ws = quantize_fp8_weight(w)
+    qt = wq.transpose(1, 2).contiguous()
+    x = torch.randn(3, 20, 64).to(torch.bfloat16)
+    b = torch.randn(3, 40)
+    torch.testing.assert_close(fp8_bmm(None, qt, ws, b, quantize_fp8_rows(x)), fp8_bmm(x, qt, ws, b))
+    lin = QuantPerTokenLinear(PerTokenLinear(6, 64, 40), boundary=3, user_fmt="w8a16", item_fmt="fp8")
+    with pytest.raises(ValueError, match="pre-quantized"):
+        lin.positions_first(x, slice(0, 3), quantize_fp8_rows(x))
+
+
+def test_fused_is_refused_where_it_cannot_run():
+    model = make_model()
+    users, items, idx, _ = batch_tensors(synthetic_dataset(5, seed=1), np.arange(5))
+    with torch.no_grad(), pytest.raises(ValueError, match="fused=True needs CUDA"):
+        model.score_groups(model.encode_users(users), items, idx, fused=True)
+
+
+def _day(n_users, device):
+    data = synthetic_dataset(n_users, seed=4)
+    users, items, idx, _ = batch_tensors(data, np.arange(len(data)))
+    return ({k: v.to(device) for k, v in users.items()}, {k: v.to(device) for k, v in items.items()}, idx.to(device))
+
+
+def _both_paths(model, users, items, idx):
+    with torch.inference_mode():
+        state = model.encode_users(users)
+        return (model.score_groups(state, items, idx, fused=False).float(),
+                model.score_groups(state, items, idx, fused=True).float())
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", CONFIGS.values(), ids=CONFIGS.keys())
+def test_fused_matches_eager_in_float32(cfg):
+    users, items, idx = _day(60, "cuda")
+    eager, fused = _both_paths(make_model(seed=2, **cfg).cuda(), users, items, idx)
+    assert eager.std() > 0.5  # logits spread well beyond the tolerance
+    torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-3)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", CONFIGS.values(), ids=CONFIGS.keys())
+def test_fused_bf16_is_as_close_to_float32_as_eager_bf16(cfg):
+    users, items, idx = _day(60, "cuda")
+    model = make_model(seed=2, **cfg).cuda()
+    ref, _ = _both_paths(model, users, items, idx)
+    eager, fused = _both_paths(copy.deepcopy(model).to(torch.bfloat16), users, items, idx)
+    err_eager, err_fused = (eager - ref).abs(), (fused - ref).abs()
+    assert err_fused.mean() <= 1.5 * err_eager.mean() and err_fused.max() <= 2 * err_eager.max() + 1e-2
+
+
+@pytest.mark.skipif(not FP8_GPU, reason="the FP8 item side needs a CUDA GPU with FP8 (Ada/Hopper or newer)")
+@pytest.mark.parametrize("cfg", CONFIGS.values(), ids=CONFIGS.keys())
+def test_fused_quantized_matches_eager_quantized(cfg):
+    users, items, idx = _day(60, "cuda")
+    model = make_model(seed=2, **cfg)
+    ref, _ = _both_paths(copy.deepcopy(model).cuda(), users, items, idx)
+    quant = quantize_model(model, QuantRecipe("w8a16+fp8")).cuda().to(torch.bfloat16)
+    eager, fused = _both_paths(quant, users, items, idx)
+    err_eager, err_fused = (eager - ref).abs(), (fused - ref).abs()
+    # the two differ by about the FP8 error itself (rounding flips on slightly different inputs),
+    # so what must hold is that the fused path is no further from the float model
+    assert err_fused.mean() <= 1.5 * err_eager.mean() and err_fused.max() <= 2 * err_eager.max() + 1e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize("k", [96, 3072])
+def test_gelu_fp8_rows_match_torch(k):
+    from ugsep.quant.triton_kernels import fp8_quantize_rows
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 50, k, device="cuda", dtype=torch.bfloat16) * 3
+    q, s = fp8_quantize_rows(x, gelu=True)
+    q_ref, s_ref = quantize_fp8_rows(torch.nn.functional.gelu(x))
+    torch.testing.assert_close(s, s_ref, rtol=1e-2, atol=0)
+    assert (q.float() * s - q_ref.float() * s_ref).abs().max() <= 0.07 * (q_ref.float() * s_ref).abs().max()
