@@ -104,6 +104,15 @@ def test_fused_quantized_matches_eager_quantized(cfg):
 
 
 @needs_cuda
+def test_fused_with_no_candidates_returns_no_scores():
+    users, items, idx = _day(3, "cuda")
+    model = make_model().cuda()
+    with torch.inference_mode():
+        out = model.score_groups(model.encode_users(users), {k: v[:0] for k, v in items.items()}, idx[:0], fused=True)
+    assert out.shape == (0,)
+
+
+@needs_cuda
 @pytest.mark.parametrize("k", [96, 3072])
 def test_gelu_fp8_rows_match_torch(k):
     from ugsep.quant.triton_kernels import fp8_quantize_rows

@@ -147,3 +147,17 @@ def test_fp8_bmm_on_gpu_matches_its_emulation():
     y = fp8_bmm(x, qt, s, b)
     assert y.shape == ref.shape and y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref, rtol=0.02, atol=0.02 * ref.abs().max().item())
+
+
+def test_scales_stay_float32_when_the_model_is_cast_to_bf16():
+    lin = PerTokenLinear(4, 32, 24)
+    q = QuantPerTokenLinear(lin, boundary=2, user_fmt="w8a16", item_fmt="fp8")
+    exact = {side: q._scale(side).clone() for side in ("user", "item")}
+    q = q.to(torch.bfloat16)
+    for side, s in exact.items():
+        assert q._scale(side).dtype == torch.float32 and torch.equal(q._scale(side), s)
+    # a state dict from before scales were stored as bits (float32 tensors) still loads
+    old = {k: (v.view(torch.float32) if k.endswith("_scale") else v) for k, v in q.state_dict().items()}
+    fresh = QuantPerTokenLinear(PerTokenLinear(4, 32, 24), boundary=2, user_fmt="w8a16", item_fmt="fp8")
+    fresh.load_state_dict(old)
+    assert all(torch.equal(fresh._scale(side), s) for side, s in exact.items())

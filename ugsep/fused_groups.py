@@ -27,6 +27,8 @@ def fused_available(x: Tensor) -> bool:
 def score_groups_fused(model: nn.Module, state: UserState, items: dict[str, Tensor], user_index: Tensor) -> Tensor:
     """Logits (N,) for N candidates from precomputed user state (a RankingModel with arch='ugsep')."""
     cfg = model.cfg
+    if user_index.numel() == 0:  # no candidates: no kernels to launch
+        return torch.empty(0, device=user_index.device, dtype=model.head[-1].weight.dtype)
     g = model.item_tokenizer(items).transpose(0, 1).contiguous()  # (T_g, N, D): already laid out so
     for i, blk in enumerate(model.blocks):
         comp = state.comp[:, i] if state.comp is not None else None

@@ -35,12 +35,12 @@ class QuantPerTokenLinear(nn.Module):
         if fmt == "w8a16":
             q, s = quantize_int8(w, group_size)
             self.register_buffer(f"{side}_q", q.transpose(1, 2).contiguous())  # (T, N, K)
-            self.register_buffer(f"{side}_scale", s)
+            self.register_buffer(f"{side}_scale", _as_bits(s))
         elif fmt == "fp8":
             q, s = quantize_fp8_weight(w)
             # (T, N, K) = column-major B for _scaled_mm; stored as uint8 so model.to(dtype) leaves it alone
             self.register_buffer(f"{side}_q", q.transpose(1, 2).contiguous().view(torch.uint8))
-            self.register_buffer(f"{side}_scale", s)
+            self.register_buffer(f"{side}_scale", _as_bits(s))
         else:
             self.register_buffer(f"{side}_w", w.clone())
 
@@ -68,12 +68,21 @@ class QuantPerTokenLinear(nn.Module):
         off = 0 if side == "user" else self.boundary
         bias = self.bias[sl.start + off : sl.stop + off]
         if fmt == "w8a16":
-            return self._w8a16(x, getattr(self, f"{side}_q")[sl], getattr(self, f"{side}_scale")[sl], bias)
+            return self._w8a16(x, getattr(self, f"{side}_q")[sl], self._scale(side)[sl], bias)
         if fmt == "fp8":
-            q, scale = getattr(self, f"{side}_q")[sl], getattr(self, f"{side}_scale")[sl]
-            return fp8_bmm(x, q.view(E4M3), scale.float(), bias, x_fp8)
+            return fp8_bmm(x, getattr(self, f"{side}_q")[sl].view(E4M3), self._scale(side)[sl], bias, x_fp8)
         w = getattr(self, f"{side}_w")[sl].to(x.dtype)
         return per_token_product(x, w, bias.to(x.dtype))
+
+    def _scale(self, side: str) -> Tensor:
+        return getattr(self, f"{side}_scale").view(torch.float32)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for side in ("user", "item"):  # checkpoints written before scales were stored as bits
+            key = f"{prefix}{side}_scale"
+            if key in state_dict and state_dict[key].is_floating_point():
+                state_dict[key] = _as_bits(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _w8a16(self, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
         kernel = triton_kernel("w8a16_bmm") if x.is_cuda and self.backend != Backend.TORCH else None
@@ -88,3 +97,9 @@ class QuantPerTokenLinear(nn.Module):
                                 for t in range(x.shape[0])]) + bias.to(x.dtype).unsqueeze(1)
         w = dequantize_int8(q.transpose(1, 2), scale.float(), x.dtype)
         return torch.baddbmm(bias.to(x.dtype).unsqueeze(1), x, w)
+
+
+def _as_bits(scale: Tensor) -> Tensor:
+    """float32 scales stored as their int32 bit pattern, so ``model.to(torch.bfloat16)`` (which
+    casts floating tensors only) keeps them exact; read back with ``.view(torch.float32)``."""
+    return scale.float().contiguous().view(torch.int32)
