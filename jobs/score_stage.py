@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 from pyspark.sql import DataFrame, SparkSession
@@ -10,12 +12,11 @@ from pyspark.sql import functions as F
 from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE, non_key_columns
 from jobs.config import JobConfig
 from jobs.delta_io import read_table, replace_day
-from jobs.job_start import start_job
+from jobs.job_start import JobStart, start_job
 from jobs.model_stage import map_in_arrow_with_model
 from jobs.report import observe_score_distribution
 from jobs.validation import (
     REASON,
-    USER_REASON,
     dense_checks,
     first_failure,
     quarantine_rows,
@@ -57,43 +58,64 @@ def with_state_flag(cands: DataFrame, state: DataFrame) -> DataFrame:
     return cands.join(state.select("user_id").withColumn("_has_state", F.lit(True)), "user_id", "left")
 
 
-def with_features_of_stateless_users(cands: DataFrame, feats: DataFrame, spec: FeatureSpec) -> DataFrame:
+def with_reasons_of_stateless_users(cands: DataFrame, feats: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Attach user features to state-flagged candidates; for users without state a missing or
-    non-finite feature row is a reason to quarantine, exactly as in the user stage."""
+    non-finite feature row is a reason to quarantine, exactly as in the user stage (checked
+    after every candidate check)."""
     user_cols = non_key_columns(spec.user_fields, "user_id")
     joined = cands.join(feats.select("user_id", *user_cols).withColumn("_ufound", F.lit(True)), "user_id", "left")
     checks = [(F.col("_ufound").isNull(), "missing_user_features"), *dense_checks(spec.user_fields)]
-    return joined.withColumn(USER_REASON, F.when(F.col("_has_state").isNull(), first_failure(checks)))
+    user_reason = F.when(F.col("_has_state").isNull(), first_failure(checks))
+    return joined.withColumn(REASON, F.coalesce(F.col(REASON), user_reason)).drop("_ufound")
 
 
-def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:
+@contextmanager
+def cached_day_candidates(spark: SparkSession, cfg: JobConfig, ds: str, spec: FeatureSpec) -> Iterator[DataFrame]:
+    """The day's candidates with item features, clustered by user and tagged (``day_candidates``),
+    persisted while the block runs: `ugsep run` reads them once for both stages."""
+    cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
+    items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
+    # cluster by user once: the duplicate check, the grouping and the state join reuse it
+    cands = cands.repartition(cfg.partitions or spark.sparkContext.defaultParallelism, "user_id")
+    tagged = day_candidates(cands, items, spec).persist()
+    try:
+        yield tagged
+    finally:
+        tagged.unpersist()
+
+
+def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False,
+                    tagged: DataFrame | None = None) -> dict:
+    """Score the day's candidates with the day's user state and write the day's scores.
+    ``tagged``: the day's ``cached_day_candidates`` if the caller holds them, else read here."""
     job = start_job(spark, "score-stage", ds, cfg.model, [(c, cfg.table_path(c)) for c in (SCORES, QUARANTINE)])
+    if tagged is not None:
+        return _score_day(spark, cfg, job, tagged, compute_missing)
+    with cached_day_candidates(spark, cfg, job.ds, job.model.spec) as own:
+        return _score_day(spark, cfg, job, own, compute_missing)
+
+
+def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, tagged: DataFrame, compute_missing: bool) -> dict:
     ds, spec, version, summary, run_id = job.ds, job.model.spec, job.version, job.summary, job.run_id
     with summary.timed("read+validate"):
-        cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
-        items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
         state = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
         check_state_version(state, version, ds)
-        cands = with_state_flag(cands, state)
+        cands = with_state_flag(tagged, state)
         if compute_missing:  # users to encode here need valid user features, like in the user stage
             feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
-            cands = with_features_of_stateless_users(cands, feats, spec)
-        # cluster by user once: the duplicate check, the grouping and the state join reuse it
-        cands = cands.repartition(cfg.partitions or spark.sparkContext.defaultParallelism, "user_id")
-        tagged = day_candidates(cands, items, spec).persist()
-        counts = tally(tagged, spec.item_fields)
+            cands = with_reasons_of_stateless_users(cands, feats, spec)
+        counts = tally(cands, spec.item_fields)
         if counts.stateless_users and not compute_missing:
-            sample = [r[0] for r in tagged.where(F.col(REASON).isNull() & F.col("_has_state").isNull())
+            sample = [r[0] for r in cands.where(F.col(REASON).isNull() & F.col("_has_state").isNull())
                       .select("user_id").distinct().limit(5).collect()]
-            tagged.unpersist()
             raise UserStateError(f"{counts.stateless_users} users of ds={ds} have no user_state (e.g. {sample}); "
                                  "run `ugsep user-stage` for this ds first, or pass --compute-missing")
         summary.rows_in, summary.users = counts.rows, counts.users
         summary.quarantine_reasons, summary.unknown_categorical = counts.reasons, counts.unknown_categorical
         summary.users_computed_on_the_fly = counts.stateless_users
-        good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
+        good = cands.where(F.col(REASON).isNull()).drop(REASON, "_found")
     with summary.timed("quarantine"):
-        bad = quarantine_rows(tagged, ds, "score", CANDIDATES.names)
+        bad = quarantine_rows(cands, ds, "score", CANDIDATES.names)
         summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'score'",
                                              known_rows=sum(counts.reasons.values()))
     with summary.timed("score+write"):
@@ -108,5 +130,4 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
         scores, distribution = observe_score_distribution(scores)
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)
         dist = distribution()
-    tagged.unpersist()
     return summary.emit(cfg.summary_path("score-stage", ds), dist)
