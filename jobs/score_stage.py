@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 
 from pyspark.sql import DataFrame, SparkSession
@@ -24,7 +25,7 @@ from jobs.validation import (
     tally,
 )
 from jobs.workers import SCORE_SCHEMA, score_group_batches
-from ugsep.features import FeatureSpec
+from ugsep.features import FeatureSpec, FieldKind
 
 
 class UserStateError(RuntimeError):
@@ -69,38 +70,59 @@ def with_reasons_of_stateless_users(cands: DataFrame, feats: DataFrame, spec: Fe
     return joined.withColumn(REASON, F.coalesce(F.col(REASON), user_reason)).drop("_ufound")
 
 
+def cached_columns(spec: FeatureSpec) -> list[str]:
+    """What the cached day keeps of a tagged candidate: its own columns, the categorical item
+    fields the tally counts, the reason. The item features for scoring are joined again."""
+    cats = [f.name for f in spec.item_fields if f.kind == FieldKind.CATEGORICAL and f.name != "item_id"]
+    return [*CANDIDATES.names, *[c for c in cats if c not in CANDIDATES.names], REASON]
+
+
+@dataclass(frozen=True)
+class CheckedDay:
+    """A day's candidates read and checked once (``cached_day``), for one or both stages."""
+
+    candidates: DataFrame  # tagged (``cached_columns``), clustered by user
+    items: DataFrame  # the item features they were checked against
+
+    def with_item_features(self, good: DataFrame, spec: FeatureSpec) -> DataFrame:
+        """Good candidates with every item field, from the same cached item features."""
+        missing = [f.name for f in spec.item_fields if f.name not in good.columns]
+        return good.join(F.broadcast(self.items.select("item_id", *missing)), "item_id", "left")
+
+
 @contextmanager
-def cached_day_candidates(spark: SparkSession, cfg: JobConfig, ds: str, spec: FeatureSpec) -> Iterator[DataFrame]:
-    """The day's candidates with item features, clustered by user and tagged (``day_candidates``),
-    persisted while the block runs: `ugsep run` reads them once for both stages."""
+def cached_day(spark: SparkSession, cfg: JobConfig, ds: str, spec: FeatureSpec) -> Iterator[CheckedDay]:
+    """The day's candidates checked against the item features (``day_candidates``), clustered by
+    user, narrow rows persisted while the block runs: `ugsep run` reads them once for both stages."""
     cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
-    items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
+    items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES)).persist()
     # cluster by user once: the duplicate check, the grouping and the state join reuse it
     cands = cands.repartition(cfg.partitions or spark.sparkContext.defaultParallelism, "user_id")
-    tagged = day_candidates(cands, items, spec).persist()
+    tagged = day_candidates(cands, items, spec).select(*cached_columns(spec)).persist()
     try:
-        yield tagged
+        yield CheckedDay(tagged, items)
     finally:
         tagged.unpersist()
+        items.unpersist()
 
 
 def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False,
-                    tagged: DataFrame | None = None) -> dict:
+                    day: CheckedDay | None = None) -> dict:
     """Score the day's candidates with the day's user state and write the day's scores.
-    ``tagged``: the day's ``cached_day_candidates`` if the caller holds them, else read here."""
+    ``day``: the day's ``cached_day`` if the caller holds it, else read here."""
     job = start_job(spark, "score-stage", ds, cfg.model, [(c, cfg.table_path(c)) for c in (SCORES, QUARANTINE)])
-    if tagged is not None:
-        return _score_day(spark, cfg, job, tagged, compute_missing)
-    with cached_day_candidates(spark, cfg, job.ds, job.model.spec) as own:
+    if day is not None:
+        return _score_day(spark, cfg, job, day, compute_missing)
+    with cached_day(spark, cfg, job.ds, job.model.spec) as own:
         return _score_day(spark, cfg, job, own, compute_missing)
 
 
-def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, tagged: DataFrame, compute_missing: bool) -> dict:
+def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedDay, compute_missing: bool) -> dict:
     ds, spec, version, summary, run_id = job.ds, job.model.spec, job.version, job.summary, job.run_id
     with summary.timed("read+validate"):
         state = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
         check_state_version(state, version, ds)
-        cands = with_state_flag(tagged, state)
+        cands = with_state_flag(day.candidates, state)
         if compute_missing:  # users to encode here need valid user features, like in the user stage
             feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
             cands = with_reasons_of_stateless_users(cands, feats, spec)
@@ -113,7 +135,7 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, tagged: DataF
         summary.rows_in, summary.users = counts.rows, counts.users
         summary.quarantine_reasons, summary.unknown_categorical = counts.reasons, counts.unknown_categorical
         summary.users_computed_on_the_fly = counts.stateless_users
-        good = cands.where(F.col(REASON).isNull()).drop(REASON, "_found")
+        good = day.with_item_features(cands.where(F.col(REASON).isNull()).drop(REASON), spec)
     with summary.timed("quarantine"):
         bad = quarantine_rows(cands, ds, "score", CANDIDATES.names)
         summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'score'",
