@@ -1,4 +1,4 @@
-"""Stage 2: group each user's candidates, join the user's state once, score, rank, write scores."""
+"""Stage 2: stream each user's candidates in user order with the user's state once, score, rank, write scores."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE, non_key_columns
 from jobs.config import JobConfig
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import JobStart, start_job
-from jobs.model_stage import map_in_arrow_with_model
+from jobs.model_stage import ARROW_BATCH_ROWS, map_in_arrow_with_model
 from jobs.report import observe_score_distribution
 from jobs.validation import (
     REASON,
@@ -24,7 +24,7 @@ from jobs.validation import (
     tag_candidate_rows,
     tally,
 )
-from jobs.workers import SCORE_SCHEMA, score_group_batches
+from jobs.workers import SCORE_SCHEMA, score_user_rows
 from ugsep.features import FeatureSpec, FieldKind
 
 
@@ -39,10 +39,13 @@ def day_candidates(candidates: DataFrame, item_features: DataFrame, spec: Featur
     return tag_candidate_rows(candidates.join(items, "item_id", "left"), spec)
 
 
-def item_groups(good: DataFrame, spec: FeatureSpec) -> DataFrame:
-    """One row per user holding the user's candidate list."""
-    fields = ["item_id", *non_key_columns(spec.item_fields, "item_id")]
-    return good.groupBy("user_id").agg(F.collect_list(F.struct(*fields)).alias("items"))
+def user_ordered_rows(good: DataFrame, state: DataFrame) -> DataFrame:
+    """Good candidates in the order the duplicate check sorted them (by user, then item; no new
+    sort), each user's state on the user's first row only: a state crosses into Python once per user."""
+    first = F.row_number().over(Window.partitionBy("user_id").orderBy("item_id")) == 1
+    states = state.select(F.col("user_id").alias("_state_user"), "state")
+    on = (F.col("user_id") == F.col("_state_user")) & F.col("_first")
+    return good.withColumn("_first", first).join(states, on, "left").drop("_state_user", "_first")
 
 
 def check_state_version(state: DataFrame, version: str, ds: str) -> None:
@@ -141,13 +144,12 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
         summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'score'",
                                              known_rows=sum(counts.reasons.values()))
     with summary.timed("score+write"):
-        groups = item_groups(good, spec).join(state.select("user_id", "state"), "user_id", "left")
-        if counts.stateless_users:
-            user_cols = non_key_columns(spec.user_fields, "user_id")
-            firsts = [F.first(c).alias(c) for c in user_cols]
-            groups = groups.join(good.groupBy("user_id").agg(*firsts), "user_id", "left")
-        worker = partial(score_group_batches, max_candidates=cfg.max_candidates_per_call)
-        scores = map_in_arrow_with_model(groups, worker, SCORE_SCHEMA, cfg, cfg.model).select(
+        user_cols = non_key_columns(spec.user_fields, "user_id") if counts.stateless_users else []
+        rows = user_ordered_rows(good, state).select(
+            "user_id", "state", *[f.name for f in spec.item_fields], *user_cols)
+        worker = partial(score_user_rows, max_candidates=cfg.max_candidates_per_call)
+        scores = map_in_arrow_with_model(rows, worker, SCORE_SCHEMA, cfg, cfg.model,
+                                         cfg.max_candidates_per_call or ARROW_BATCH_ROWS).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         scores, distribution = observe_score_distribution(scores)
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)

@@ -26,7 +26,7 @@ def encode_users_df(users: DataFrame, cfg: JobConfig, ckpt: str) -> DataFrame:
     """(user_id, user fields) -> (user_id, state) through the encode worker, users clustered by id."""
     parts = cfg.partitions or users.sparkSession.sparkContext.defaultParallelism
     return map_in_arrow_with_model(users.repartition(parts, "user_id"), encode_user_batches,
-                                   STATE_SCHEMA, cfg, ckpt)
+                                   STATE_SCHEMA, cfg, ckpt, cfg.users_per_batch)
 
 
 def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: DataFrame | None = None) -> dict:
