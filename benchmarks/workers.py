@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.arrow_columns import field_columns, group_batch, to_arrow_column
-from jobs.workers import cached_model, encode_user_batches, score_group_batches
+from jobs.arrow_columns import field_columns, to_arrow_column, user_rows_batch
+from jobs.workers import cached_model, encode_user_batches, score_user_rows
 from ugsep.checkpoint import save_checkpoint
 from ugsep.data.ranking_data import to_tensors
 from ugsep.data.synthetic import generate_day, synthetic_spec
@@ -72,12 +72,12 @@ def main() -> None:
     state_col = pa.concat_arrays([b.column("state") for b in states])
 
     counts = np.full(n, per)
-    groups = group_batch(day.users["user_id"], state_col, items, counts)
-    group_batches = [groups.slice(s, ub) for s in range(0, n, ub)]
-    list(score_group_batches(group_batches[:1], f"{work}/ugsep", device))
+    rows = user_rows_batch(day.users["user_id"], state_col, items, counts)
+    group_batches = [rows.slice(s, ub * per) for s in range(0, n * per, ub * per)]  # ub users a batch
+    list(score_user_rows(group_batches[:1], f"{work}/ugsep", device))
     sync(device)
     t = time.perf_counter()
-    out_rows = sum(b.num_rows for b in score_group_batches(group_batches, f"{work}/ugsep", device))
+    out_rows = sum(b.num_rows for b in score_user_rows(group_batches, f"{work}/ugsep", device))
     sync(device)
     t_score = time.perf_counter() - t
     assert out_rows == n * per
@@ -114,7 +114,7 @@ def main() -> None:
 
         prof = cProfile.Profile()
         prof.enable()
-        for _ in score_group_batches(group_batches, f"{work}/ugsep", device):
+        for _ in score_user_rows(group_batches, f"{work}/ugsep", device):
             pass
         sync(device)
         prof.disable()

@@ -63,11 +63,14 @@ def to_arrow_column(values: np.ndarray) -> pa.Array:
     return pa.array(values.astype(np.int64))
 
 
-def group_batch(user_ids: np.ndarray, state: pa.Array, items: dict[str, np.ndarray],
-                counts: np.ndarray, extra: dict[str, pa.Array] | None = None) -> pa.RecordBatch:
-    """The score stage's row shape: one row per user with ``counts[u]`` consecutive candidates."""
-    cols = {k: to_arrow_column(v) for k, v in items.items()}
-    offsets = pa.array(np.r_[0, np.cumsum(counts)].astype(np.int32))
-    struct = pa.StructArray.from_arrays(list(cols.values()), list(cols.keys()))
-    return pa.RecordBatch.from_pydict({"user_id": to_arrow_column(user_ids), "state": state,
-                                       "items": pa.ListArray.from_arrays(offsets, struct), **(extra or {})})
+def user_rows_batch(user_ids: np.ndarray, state: pa.Array, items: dict[str, np.ndarray],
+                    counts: np.ndarray, extra: dict[str, pa.Array] | None = None) -> pa.RecordBatch:
+    """The score stage's row shape: ``counts[u]`` consecutive candidate rows for user u, the
+    user's state on the user's first row only (null on the others); ``extra`` user columns on every row."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    first = np.zeros(len(owner), dtype=bool)
+    first[(np.cumsum(counts) - counts)[counts > 0]] = True
+    state_rows = state.take(pa.array(np.where(first, owner, 0), mask=~first))
+    user_cols = {k: v.take(pa.array(owner)) for k, v in (extra or {}).items()}
+    return pa.RecordBatch.from_pydict({"user_id": to_arrow_column(user_ids[owner]), "state": state_rows,
+                                       **{k: to_arrow_column(v) for k, v in items.items()}, **user_cols})

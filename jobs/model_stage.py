@@ -17,10 +17,14 @@ def _resource_profile(cfg: JobConfig):
     return ResourceProfileBuilder().require(TaskResourceRequests().cpus(1).resource("gpu", cfg.task_gpus)).build
 
 
+ARROW_BATCH_ROWS = 10_000  # Spark's default spark.sql.execution.arrow.maxRecordsPerBatch
+
+
 def map_in_arrow_with_model(df: DataFrame, worker: Callable, schema: pa.Schema, cfg: JobConfig,
-                            ckpt: str) -> DataFrame:
-    """``worker(batches, ckpt, device, fail_marker)`` runs in each Python worker; the device is
-    picked there from the task's GPU assignment (TaskContext), so no CUDA touches the driver."""
+                            ckpt: str, rows_per_batch: int) -> DataFrame:
+    """``worker(batches, ckpt, device, fail_marker)`` runs in each Python worker on Arrow batches
+    of ``rows_per_batch`` rows; the device is picked there from the task's GPU assignment
+    (TaskContext), so no CUDA touches the driver."""
     setting, marker = cfg.device, cfg.fail_once_marker
 
     def run(batches):
@@ -34,7 +38,7 @@ def map_in_arrow_with_model(df: DataFrame, worker: Callable, schema: pa.Schema, 
         torch.set_num_threads(ctx.cpus() if ctx is not None else 1)  # one task's share, no oversubscription
         yield from worker(batches, ckpt, pick_device(setting, gpus.addresses if gpus else None), marker)
 
-    df.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.users_per_batch))
+    df.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows_per_batch))
     ddl = ", ".join(f"{f.name} {_ddl(f.type)}" for f in schema)
     is_local = df.sparkSession.sparkContext.master.startswith("local")
     if cfg.task_gpus > 0 and not is_local:

@@ -6,17 +6,21 @@ from pyspark.sql import SparkSession
 
 from jobs.config import JobConfig, parse_ds
 from jobs.report import SCORE_DISTRIBUTION_KEYS
-from jobs.score_stage import run_score_stage
+from jobs.score_stage import cached_day, run_score_stage
 from jobs.summary import JobSummary
 from jobs.user_stage import run_user_stage
+from ugsep.checkpoint import load_checkpoint
 
 
 def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:
+    """The user stage, then the score stage, on one cached read of the day's candidates."""
     ds = parse_ds(ds)
     if ds in cfg.fail_days:
         raise RuntimeError(f"injected failure for ds={ds} (fail_days in the job config; tests only)")
-    user = run_user_stage(spark, cfg, ds)
-    score = run_score_stage(spark, cfg, ds, compute_missing=compute_missing)
+    spec = load_checkpoint(cfg.model)[0].spec
+    with cached_day(spark, cfg, ds, spec) as day:  # one read and validation for both stages
+        user = run_user_stage(spark, cfg, ds, day.candidates)
+        score = run_score_stage(spark, cfg, ds, compute_missing=compute_missing, day=day)
     summary = JobSummary(
         "run", ds, model_version=score["model_version"], rows_in=score["rows_in"], rows_out=score["rows_out"],
         rows_quarantined=user["rows_quarantined"] + score["rows_quarantined"], users=score["users"],

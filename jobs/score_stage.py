@@ -1,29 +1,31 @@
-"""Stage 2: group each user's candidates, join the user's state once, score, rank, write scores."""
+"""Stage 2: stream each user's candidates in user order with the user's state once, score, rank, write scores."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE, non_key_columns
 from jobs.config import JobConfig
 from jobs.delta_io import read_table, replace_day
-from jobs.job_start import start_job
-from jobs.model_stage import map_in_arrow_with_model
+from jobs.job_start import JobStart, start_job
+from jobs.model_stage import ARROW_BATCH_ROWS, map_in_arrow_with_model
 from jobs.report import observe_score_distribution
 from jobs.validation import (
     REASON,
-    USER_REASON,
     dense_checks,
     first_failure,
     quarantine_rows,
     tag_candidate_rows,
     tally,
 )
-from jobs.workers import SCORE_SCHEMA, score_group_batches
-from ugsep.features import FeatureSpec
+from jobs.workers import SCORE_SCHEMA, score_user_rows
+from ugsep.features import FeatureSpec, FieldKind
 
 
 class UserStateError(RuntimeError):
@@ -37,10 +39,13 @@ def day_candidates(candidates: DataFrame, item_features: DataFrame, spec: Featur
     return tag_candidate_rows(candidates.join(items, "item_id", "left"), spec)
 
 
-def item_groups(good: DataFrame, spec: FeatureSpec) -> DataFrame:
-    """One row per user holding the user's candidate list."""
-    fields = ["item_id", *non_key_columns(spec.item_fields, "item_id")]
-    return good.groupBy("user_id").agg(F.collect_list(F.struct(*fields)).alias("items"))
+def user_ordered_rows(good: DataFrame, state: DataFrame) -> DataFrame:
+    """Good candidates in the order the duplicate check sorted them (by user, then item; no new
+    sort), each user's state on the user's first row only: a state crosses into Python once per user."""
+    first = F.row_number().over(Window.partitionBy("user_id").orderBy("item_id")) == 1
+    states = state.select(F.col("user_id").alias("_state_user"), "state")
+    on = (F.col("user_id") == F.col("_state_user")) & F.col("_first")
+    return good.withColumn("_first", first).join(states, on, "left").drop("_state_user", "_first")
 
 
 def check_state_version(state: DataFrame, version: str, ds: str) -> None:
@@ -57,56 +62,96 @@ def with_state_flag(cands: DataFrame, state: DataFrame) -> DataFrame:
     return cands.join(state.select("user_id").withColumn("_has_state", F.lit(True)), "user_id", "left")
 
 
-def with_features_of_stateless_users(cands: DataFrame, feats: DataFrame, spec: FeatureSpec) -> DataFrame:
+def with_reasons_of_stateless_users(cands: DataFrame, feats: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Attach user features to state-flagged candidates; for users without state a missing or
-    non-finite feature row is a reason to quarantine, exactly as in the user stage."""
+    non-finite feature row is a reason to quarantine, exactly as in the user stage (checked
+    after every candidate check)."""
     user_cols = non_key_columns(spec.user_fields, "user_id")
     joined = cands.join(feats.select("user_id", *user_cols).withColumn("_ufound", F.lit(True)), "user_id", "left")
     checks = [(F.col("_ufound").isNull(), "missing_user_features"), *dense_checks(spec.user_fields)]
-    return joined.withColumn(USER_REASON, F.when(F.col("_has_state").isNull(), first_failure(checks)))
+    user_reason = F.when(F.col("_has_state").isNull(), first_failure(checks))
+    return joined.withColumn(REASON, F.coalesce(F.col(REASON), user_reason)).drop("_ufound")
 
 
-def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:
+def cached_columns(spec: FeatureSpec) -> list[str]:
+    """What the cached day keeps of a tagged candidate: its own columns, the categorical item
+    fields the tally counts, the reason. The item features for scoring are joined again."""
+    cats = [f.name for f in spec.item_fields if f.kind == FieldKind.CATEGORICAL and f.name != "item_id"]
+    return [*CANDIDATES.names, *[c for c in cats if c not in CANDIDATES.names], REASON]
+
+
+@dataclass(frozen=True)
+class CheckedDay:
+    """A day's candidates read and checked once (``cached_day``), for one or both stages."""
+
+    candidates: DataFrame  # tagged (``cached_columns``), clustered by user
+    items: DataFrame  # the item features they were checked against
+
+    def with_item_features(self, good: DataFrame, spec: FeatureSpec) -> DataFrame:
+        """Good candidates with every item field, from the same cached item features."""
+        missing = [f.name for f in spec.item_fields if f.name not in good.columns]
+        return good.join(F.broadcast(self.items.select("item_id", *missing)), "item_id", "left")
+
+
+@contextmanager
+def cached_day(spark: SparkSession, cfg: JobConfig, ds: str, spec: FeatureSpec) -> Iterator[CheckedDay]:
+    """The day's candidates checked against the item features (``day_candidates``), clustered by
+    user, narrow rows persisted while the block runs: `ugsep run` reads them once for both stages."""
+    cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
+    items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES)).persist()
+    # cluster by user once: the duplicate check, the grouping and the state join reuse it
+    cands = cands.repartition(cfg.partitions or spark.sparkContext.defaultParallelism, "user_id")
+    tagged = day_candidates(cands, items, spec).select(*cached_columns(spec)).persist()
+    try:
+        yield CheckedDay(tagged, items)
+    finally:
+        tagged.unpersist()
+        items.unpersist()
+
+
+def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False,
+                    day: CheckedDay | None = None) -> dict:
+    """Score the day's candidates with the day's user state and write the day's scores.
+    ``day``: the day's ``cached_day`` if the caller holds it, else read here."""
     job = start_job(spark, "score-stage", ds, cfg.model, [(c, cfg.table_path(c)) for c in (SCORES, QUARANTINE)])
+    if day is not None:
+        return _score_day(spark, cfg, job, day, compute_missing)
+    with cached_day(spark, cfg, job.ds, job.model.spec) as own:
+        return _score_day(spark, cfg, job, own, compute_missing)
+
+
+def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedDay, compute_missing: bool) -> dict:
     ds, spec, version, summary, run_id = job.ds, job.model.spec, job.version, job.summary, job.run_id
     with summary.timed("read+validate"):
-        cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
-        items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
         state = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
         check_state_version(state, version, ds)
-        cands = with_state_flag(cands, state)
+        cands = with_state_flag(day.candidates, state)
         if compute_missing:  # users to encode here need valid user features, like in the user stage
             feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
-            cands = with_features_of_stateless_users(cands, feats, spec)
-        # cluster by user once: the duplicate check, the grouping and the state join reuse it
-        cands = cands.repartition(cfg.partitions or spark.sparkContext.defaultParallelism, "user_id")
-        tagged = day_candidates(cands, items, spec).persist()
-        counts = tally(tagged, spec.item_fields)
+            cands = with_reasons_of_stateless_users(cands, feats, spec)
+        counts = tally(cands, spec.item_fields)
         if counts.stateless_users and not compute_missing:
-            sample = [r[0] for r in tagged.where(F.col(REASON).isNull() & F.col("_has_state").isNull())
+            sample = [r[0] for r in cands.where(F.col(REASON).isNull() & F.col("_has_state").isNull())
                       .select("user_id").distinct().limit(5).collect()]
-            tagged.unpersist()
             raise UserStateError(f"{counts.stateless_users} users of ds={ds} have no user_state (e.g. {sample}); "
                                  "run `ugsep user-stage` for this ds first, or pass --compute-missing")
         summary.rows_in, summary.users = counts.rows, counts.users
         summary.quarantine_reasons, summary.unknown_categorical = counts.reasons, counts.unknown_categorical
         summary.users_computed_on_the_fly = counts.stateless_users
-        good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
+        good = day.with_item_features(cands.where(F.col(REASON).isNull()).drop(REASON), spec)
     with summary.timed("quarantine"):
-        bad = quarantine_rows(tagged, ds, "score", CANDIDATES.names)
+        bad = quarantine_rows(cands, ds, "score", CANDIDATES.names)
         summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'score'",
                                              known_rows=sum(counts.reasons.values()))
     with summary.timed("score+write"):
-        groups = item_groups(good, spec).join(state.select("user_id", "state"), "user_id", "left")
-        if counts.stateless_users:
-            user_cols = non_key_columns(spec.user_fields, "user_id")
-            firsts = [F.first(c).alias(c) for c in user_cols]
-            groups = groups.join(good.groupBy("user_id").agg(*firsts), "user_id", "left")
-        worker = partial(score_group_batches, max_candidates=cfg.max_candidates_per_call)
-        scores = map_in_arrow_with_model(groups, worker, SCORE_SCHEMA, cfg, cfg.model).select(
+        user_cols = non_key_columns(spec.user_fields, "user_id") if counts.stateless_users else []
+        rows = user_ordered_rows(good, state).select(
+            "user_id", "state", *[f.name for f in spec.item_fields], *user_cols)
+        worker = partial(score_user_rows, max_candidates=cfg.max_candidates_per_call)
+        scores = map_in_arrow_with_model(rows, worker, SCORE_SCHEMA, cfg, cfg.model,
+                                         cfg.max_candidates_per_call or ARROW_BATCH_ROWS).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         scores, distribution = observe_score_distribution(scores)
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)
         dist = distribution()
-    tagged.unpersist()
     return summary.emit(cfg.summary_path("score-stage", ds), dist)

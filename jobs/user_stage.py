@@ -26,17 +26,20 @@ def encode_users_df(users: DataFrame, cfg: JobConfig, ckpt: str) -> DataFrame:
     """(user_id, user fields) -> (user_id, state) through the encode worker, users clustered by id."""
     parts = cfg.partitions or users.sparkSession.sparkContext.defaultParallelism
     return map_in_arrow_with_model(users.repartition(parts, "user_id"), encode_user_batches,
-                                   STATE_SCHEMA, cfg, ckpt)
+                                   STATE_SCHEMA, cfg, ckpt, cfg.users_per_batch)
 
 
-def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str) -> dict:
+def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: DataFrame | None = None) -> dict:
+    """Encode the day's users and write their user_state. ``candidates``: the day's candidates
+    if the caller has read them already (`ugsep run`: the score stage's cached rows), else read here."""
     job = start_job(spark, "user-stage", ds, cfg.model,
                     [(c, cfg.table_path(c)) for c in (USER_STATE, QUARANTINE)], unit="users")
     ds, model, version, summary, run_id = job.ds, job.model, job.version, job.summary, job.run_id
     with summary.timed("read"):
-        cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
+        if candidates is None:
+            candidates = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
         feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
-        tagged = day_users(cands, feats, model.spec).persist()
+        tagged = day_users(candidates, feats, model.spec).persist()
         counts = tally(tagged, model.spec.user_fields)
         summary.rows_in, summary.quarantine_reasons = counts.rows, counts.reasons
         summary.unknown_categorical = counts.unknown_categorical

@@ -11,7 +11,6 @@ from pyspark.sql import functions as F
 from ugsep.features import FeatureSpec, Field, FieldKind
 
 REASON = "_reason"
-USER_REASON = "_user_reason"  # set upstream when a candidate's user cannot be encoded
 
 
 def first_failure(checks: list[tuple[Column, str | Column]]) -> Column:
@@ -41,9 +40,7 @@ def tag_candidate_rows(df: DataFrame, spec: FeatureSpec) -> DataFrame:
         (F.col("_found").isNull(), "missing_item_features"),
         *dense_checks(spec.item_fields),
     ]
-    if USER_REASON in df.columns:
-        checks.append((F.col(USER_REASON).isNotNull(), F.col(USER_REASON)))
-    return df.withColumn("_dup", dup_rank).withColumn(REASON, first_failure(checks)).drop("_dup", USER_REASON)
+    return df.withColumn("_dup", dup_rank).withColumn(REASON, first_failure(checks)).drop("_dup")
 
 
 def quarantine_rows(tagged: DataFrame, ds: str, stage: str, columns: list[str]) -> DataFrame:

@@ -12,7 +12,6 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from jobs.arrow_columns import field_columns, fixed_width, list_column
@@ -65,54 +64,80 @@ def encode_user_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: st
         fail_once(fail_marker)
 
 
+def user_starts(user_ids: np.ndarray) -> np.ndarray:
+    """Row index where each run of equal user ids begins."""
+    return np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
+
+
+def whole_users(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Regroup batches of user-ordered rows so that none splits a user: the rows of a batch's
+    last user wait for the next batch."""
+    tail = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        rows = batch if tail is None else pa.concat_batches([tail, batch])
+        cut = int(user_starts(rows.column("user_id").to_numpy(zero_copy_only=False))[-1])
+        if cut:
+            yield rows.slice(0, cut)
+        tail = rows.slice(cut)
+    if tail is not None:
+        yield tail
+
+
 def whole_user_slices(batch: pa.RecordBatch, max_candidates: int) -> Iterator[pa.RecordBatch]:
-    """Cut a batch of user rows into consecutive slices of at most ``max_candidates`` candidates
-    (a user with more candidates than that gets a slice of its own)."""
-    n_items = pc.list_value_length(batch.column("items")).to_numpy(zero_copy_only=False).astype(np.int64)
-    start, count = 0, 0
-    for row, n in enumerate(n_items):
-        if row > start and count + n > max_candidates:
-            yield batch.slice(start, row - start)
-            start, count = row, 0
-        count += n
-    if batch.num_rows > start:
-        yield batch.slice(start)
+    """Cut user-ordered rows of whole users into consecutive slices of at most ``max_candidates``
+    rows (a user with more candidates than that gets a slice of its own)."""
+    starts = user_starts(batch.column("user_id").to_numpy(zero_copy_only=False))
+    first = 0
+    for start, end in zip(starts, np.r_[starts[1:], batch.num_rows], strict=True):
+        if start > first and end - first > max_candidates:
+            yield batch.slice(first, start - first)
+            first = start
+    yield batch.slice(first)
 
 
-def score_group_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
-                        fail_marker: str = "", max_candidates: int = 0) -> Iterator[pa.RecordBatch]:
-    """(user_id, state, items: list<struct>) batches, one row per user -> one row per candidate.
+def check_unseen(user_ids: np.ndarray, seen: set[int]) -> None:
+    """A user must arrive as one run of rows (its rank and state are per run); fail loudly if not."""
+    again = seen.intersection(user_ids.tolist())
+    if again:
+        raise RuntimeError(f"candidates of users {sorted(again)[:5]} are not consecutive in the score stream")
+    seen.update(user_ids.tolist())
 
-    Rows whose state is null are encoded here from their user fields (``--compute-missing``).
-    ``max_candidates`` > 0 caps the candidates per model call (CPU caches like ~4k; GPUs more).
+
+def score_user_rows(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
+                    fail_marker: str = "", max_candidates: int = 0) -> Iterator[pa.RecordBatch]:
+    """Candidate rows in user order (user_id, state, item fields), the user's state on its
+    first row only (null on the others) -> one row per candidate with its score and rank.
+
+    A null state on a user's first row is encoded here from the user fields on that row
+    (``--compute-missing``). ``max_candidates`` > 0 caps the candidates per model call (CPU
+    caches like ~4k; GPUs more).
     """
     model, _ = cached_model(ckpt, device)
-    layout = model.state_layout
-    for whole in batches:
-        if whole.num_rows == 0:
-            continue
+    seen: set[int] = set()
+    for whole in whole_users(batches):
         for batch in whole_user_slices(whole, max_candidates) if max_candidates else [whole]:
-            yield _score_batch(model, layout.width, batch, device)
+            yield _score_batch(model, batch, device, seen)
         fail_once(fail_marker)
 
 
-def _score_batch(model: RankingModel, width: int, batch: pa.RecordBatch, device: str) -> pa.RecordBatch:
+def _score_batch(model: RankingModel, batch: pa.RecordBatch, device: str, seen: set[int]) -> pa.RecordBatch:
     """One model call for a slice of whole users (non-empty)."""
     cols = _columns(batch)
-    items = cols["items"]
-    n_items = pc.list_value_length(items).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat_items = pc.list_flatten(items)
-    item_cols = {f.name: flat_items.field(f.name) for f in model.spec.item_fields}
-    item_cols["item_id"] = flat_items.field("item_id")
-    user_index = torch.from_numpy(np.repeat(np.arange(batch.num_rows), n_items)).to(device)
-    item_ids = item_cols["item_id"].to_numpy(zero_copy_only=False)
+    user_ids = cols["user_id"].to_numpy(zero_copy_only=False)
+    starts = user_starts(user_ids)
+    check_unseen(user_ids[starts], seen)
+    n_items = np.diff(np.r_[starts, len(user_ids)])
+    user_index = torch.from_numpy(np.repeat(np.arange(len(starts)), n_items)).to(device)
+    item_ids = cols["item_id"].to_numpy(zero_copy_only=False)
+    firsts = pa.array(starts)
     with torch.inference_mode():
-        state = _state(model, cols, width, device)
-        items_t = to_tensors(field_columns(item_cols, model.spec.item_fields), device)
+        state = _state(model, {k: v.take(firsts) for k, v in cols.items()}, model.state_layout.width, device)
+        items_t = to_tensors(field_columns(cols, model.spec.item_fields), device)
         scores = torch.sigmoid(model.score_groups(state, items_t, user_index).float())
         rank = rank_within_users(user_index, scores, items_t["item_id"]).cpu().numpy()
         scores = scores.cpu().numpy()
-    user_ids = np.repeat(cols["user_id"].to_numpy(zero_copy_only=False), n_items)
     return pa.RecordBatch.from_arrays(
         [pa.array(user_ids, pa.int64()), pa.array(item_ids, pa.int64()), pa.array(scores, pa.float32()),
          pa.array(rank, pa.int32())], schema=SCORE_SCHEMA)

@@ -126,6 +126,7 @@ def test_schema_mismatch_fails_before_writing(spark, job_cfg):
 
 def test_missing_column_is_named(spark, job_cfg):
     write(spark, job_cfg, USER_FEATURES, [(1, 2)], "user_id bigint, segment bigint")
+    write(spark, job_cfg, ITEM_FEATURES, items_rows())
     write(spark, job_cfg, CANDIDATES, [(DS, 1, 10, 1.0)])
     with pytest.raises(ContractError, match="user_features: column 'age_bucket' is missing"):
         run_day(spark, job_cfg, DS)

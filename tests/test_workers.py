@@ -2,11 +2,12 @@
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 from conftest import make_model
 
-from jobs.arrow_columns import field_columns, group_batch, padded_lists, to_arrow_column
-from jobs.workers import encode_user_batches, rank_within_users, score_group_batches
+from jobs.arrow_columns import field_columns, padded_lists, to_arrow_column, user_rows_batch
+from jobs.workers import encode_user_batches, rank_within_users, score_user_rows
 from ugsep.checkpoint import save_checkpoint
 from ugsep.data.ranking_data import batch_tensors
 from ugsep.features import PAD_ID
@@ -51,14 +52,16 @@ def test_workers_match_model(tmp_path, small_day):
     state_col = pa.concat_arrays([b.column("state") for b in states])
     assert len(state_col) == data.n_users
 
-    # one row per user holding its candidates, the shape the score stage builds
+    # candidate rows in user order, the state on each user's first row: the score stage's stream;
+    # Arrow batches may cut a user (user 0 has 1500 rows), the worker regroups whole users
     order = np.argsort(data.user_row, kind="stable")
     counts = np.bincount(data.user_row, minlength=data.n_users)
     items = {k: v[order] for k, v in data.items.items()}
-    groups = group_batch(data.users["user_id"], state_col, items, counts)
-    out = pa.Table.from_batches(list(score_group_batches([groups.slice(0, 7), groups.slice(7)], str(tmp_path))))
+    rows = user_rows_batch(data.users["user_id"], state_col, items, counts)
+    cuts = [rows.slice(s, 700) for s in range(0, rows.num_rows, 700)]
+    out = pa.Table.from_batches(list(score_user_rows(cuts, str(tmp_path))))
     assert out.num_rows == len(data)
-    capped = pa.Table.from_batches(list(score_group_batches([groups], str(tmp_path), max_candidates=50)))
+    capped = pa.Table.from_batches(list(score_user_rows(cuts, str(tmp_path), max_candidates=50)))
     for col in ("user_id", "item_id"):  # capping candidates per model call changes only the call sizes
         np.testing.assert_array_equal(capped.column(col).to_numpy(), out.column(col).to_numpy())
     np.testing.assert_allclose(capped.column("score").to_numpy(), out.column("score").to_numpy(), rtol=0, atol=1e-6)
@@ -73,8 +76,8 @@ def test_workers_match_model(tmp_path, small_day):
     user_cols = {f.name: to_arrow_column(data.users[f.name]) for f in model.spec.user_fields}
     nulled = pa.array([None if k % 3 == 0 else s for k, s in enumerate(state_col.to_pylist())],
                       pa.list_(pa.float32()))
-    groups2 = group_batch(data.users["user_id"], nulled, items, counts, extra=user_cols)
-    out2 = pa.Table.from_batches(list(score_group_batches([groups2], str(tmp_path))))
+    rows2 = user_rows_batch(data.users["user_id"], nulled, items, counts, extra=user_cols)
+    out2 = pa.Table.from_batches(list(score_user_rows([rows2], str(tmp_path))))
     np.testing.assert_allclose(out2.column("score").to_numpy(), expected, rtol=0, atol=1e-5)
 
 
@@ -100,8 +103,25 @@ def test_whole_user_slices_cap_candidates_per_call():
     from jobs.workers import whole_user_slices
 
     counts = [30, 30, 5, 200, 1, 1]
-    items = pa.array([[{"item_id": 0}] * n for n in counts])
-    batch = pa.RecordBatch.from_pydict({"user_id": pa.array(range(6)), "items": items})
+    batch = pa.RecordBatch.from_pydict({"user_id": pa.array(np.repeat(np.arange(6), counts))})
     slices = list(whole_user_slices(batch, 60))
-    assert [s.num_rows for s in slices] == [2, 1, 1, 2]  # 30+30 | 5 | 200 alone | 1+1
-    assert sum(s.num_rows for s in slices) == 6
+    assert [len(np.unique(s.column("user_id"))) for s in slices] == [2, 1, 1, 2]  # 30+30 | 5 | 200 alone | 1+1
+    assert sum(s.num_rows for s in slices) == sum(counts)
+
+
+def test_whole_users_regroups_batches_that_cut_a_user():
+    from jobs.workers import whole_users
+
+    ids = np.repeat([7, 3, 9, 4], [3, 5, 1, 4])
+    batch = pa.RecordBatch.from_pydict({"user_id": pa.array(ids)})
+    parts = list(whole_users([batch.slice(0, 4), batch.slice(4, 0), batch.slice(4, 2), batch.slice(6)]))
+    assert [p.column("user_id").to_pylist() for p in parts] == [[7] * 3, [3] * 5 + [9], [4] * 4]
+
+
+def test_user_split_across_the_stream_fails_loudly():
+    from jobs.workers import check_unseen
+
+    seen: set[int] = set()
+    check_unseen(np.array([1, 2]), seen)
+    with pytest.raises(RuntimeError, match=r"candidates of users \[2\] are not consecutive"):
+        check_unseen(np.array([3, 2]), seen)
