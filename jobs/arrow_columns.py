@@ -38,13 +38,15 @@ def field_columns(cols: Mapping[str, pa.Array], fields: tuple[Field, ...]) -> di
     return out
 
 
-def fixed_width(arr: pa.Array, width: int) -> np.ndarray:
-    """list<float> with every row of length ``width`` -> (B, width) float32."""
+def fixed_width(arr: pa.Array, width: int, skip_nulls: bool = False) -> np.ndarray:
+    """list<float> with every row of length ``width`` -> (B, width) float32 (B = the non-null
+    rows with ``skip_nulls``)."""
+    rows = len(arr) - arr.null_count if skip_nulls else len(arr)
     values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float32)
-    if values.size != len(arr) * width:
+    if values.size != rows * width:
         raise ValueError(f"user state rows do not all have width {width} (got {values.size} values "
-                         f"for {len(arr)} users)")
-    return values.reshape(len(arr), width)
+                         f"for {rows} users)")
+    return values.reshape(rows, width)
 
 
 def list_column(matrix: np.ndarray) -> pa.ListArray:

@@ -131,9 +131,8 @@ def _score_batch(model: RankingModel, batch: pa.RecordBatch, device: str, seen: 
     n_items = np.diff(np.r_[starts, len(user_ids)])
     user_index = torch.from_numpy(np.repeat(np.arange(len(starts)), n_items)).to(device)
     item_ids = cols["item_id"].to_numpy(zero_copy_only=False)
-    firsts = pa.array(starts)
     with torch.inference_mode():
-        state = _state(model, {k: v.take(firsts) for k, v in cols.items()}, model.state_layout.width, device)
+        state = _users_state(model, cols, starts, device)
         items_t = to_tensors(field_columns(cols, model.spec.item_fields), device)
         scores = torch.sigmoid(model.score_groups(state, items_t, user_index).float())
         rank = rank_within_users(user_index, scores, items_t["item_id"]).cpu().numpy()
@@ -143,18 +142,23 @@ def _score_batch(model: RankingModel, batch: pa.RecordBatch, device: str, seen: 
          pa.array(rank, pa.int32())], schema=SCORE_SCHEMA)
 
 
-def _state(model: RankingModel, cols: dict[str, pa.Array], width: int, device: str) -> UserState:
-    state_col = cols["state"]
-    missing = state_col.is_null().to_numpy(zero_copy_only=False)
-    if not missing.any():
-        flat = fixed_width(state_col, width)
-    else:
-        flat = np.zeros((len(state_col), width), dtype=np.float32)
-        if (~missing).any():
-            flat[~missing] = fixed_width(state_col.filter(pa.array(~missing)), width)
-        sub = {f.name: cols[f.name].filter(pa.array(missing)) for f in model.spec.user_fields}
+def _users_state(model: RankingModel, cols: dict[str, pa.Array], starts: np.ndarray, device: str) -> UserState:
+    """The state of each user of a slice (users start at ``starts``). Only first rows carry a
+    state, so the non-null states, in row order, are the users' states in user order; a user whose
+    first row has none (``--compute-missing``) is encoded from the user fields on that row."""
+    state_col, width = cols["state"], model.state_layout.width
+    has = state_col.is_valid().to_numpy(zero_copy_only=False)
+    known = has[starts]
+    if has.sum() != known.sum():
+        raise RuntimeError("a user state arrived on a row other than its user's first: the score stream is malformed")
+    flat = fixed_width(state_col, width, skip_nulls=True)  # no gather: flattening skips the null rows
+    if not known.all():
+        flat, stored = np.zeros((len(starts), width), dtype=np.float32), flat
+        flat[known] = stored
+        missing = pa.array(starts[~known])
+        sub = {f.name: cols[f.name].take(missing) for f in model.spec.user_fields}
         users = to_tensors(field_columns(sub, model.spec.user_fields), device)
-        flat[missing] = model.encode_users(users).to_flat().float().cpu().numpy()
+        flat[~known] = model.encode_users(users).to_flat().float().cpu().numpy()
     dtype = next(model.parameters()).dtype
     return UserState.from_flat(torch.from_numpy(flat).to(device, dtype), model.state_layout)
 

@@ -80,6 +80,13 @@ def test_workers_match_model(tmp_path, small_day):
     out2 = pa.Table.from_batches(list(score_user_rows([rows2], str(tmp_path))))
     np.testing.assert_allclose(out2.column("score").to_numpy(), expected, rtol=0, atol=1e-5)
 
+    # a state on any row but its user's first would shift every later user's state: refused
+    states_by_row = rows.column("state").to_pylist()
+    states_by_row[1] = states_by_row[0]  # user 0 has 1500 rows
+    bad = rows.set_column(1, "state", pa.array(states_by_row, rows.schema.field("state").type))
+    with pytest.raises(RuntimeError, match="malformed"):
+        list(score_user_rows([bad], str(tmp_path)))
+
 
 def test_field_columns_layout(small_day):
     model = make_model()
