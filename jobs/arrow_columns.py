@@ -38,10 +38,9 @@ def field_columns(cols: Mapping[str, pa.Array], fields: tuple[Field, ...]) -> di
     return out
 
 
-def fixed_width(arr: pa.Array, width: int, skip_nulls: bool = False) -> np.ndarray:
-    """list<float> with every row of length ``width`` -> (B, width) float32 (B = the non-null
-    rows with ``skip_nulls``)."""
-    rows = len(arr) - arr.null_count if skip_nulls else len(arr)
+def fixed_width(arr: pa.Array, width: int) -> np.ndarray:
+    """list<float>, every non-null row of length ``width`` -> (non-null rows, width) float32."""
+    rows = len(arr) - arr.null_count
     values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float32)
     if values.size != rows * width:
         raise ValueError(f"user state rows do not all have width {width} (got {values.size} values "

@@ -151,7 +151,7 @@ def _users_state(model: RankingModel, cols: dict[str, pa.Array], starts: np.ndar
     known = has[starts]
     if has.sum() != known.sum():
         raise RuntimeError("a user state arrived on a row other than its user's first: the score stream is malformed")
-    flat = fixed_width(state_col, width, skip_nulls=True)  # no gather: flattening skips the null rows
+    flat = fixed_width(state_col, width)  # no gather: flattening skips the null rows
     if not known.all():
         flat, stored = np.zeros((len(starts), width), dtype=np.float32), flat
         flat[known] = stored
