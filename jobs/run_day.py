@@ -9,7 +9,7 @@ from jobs.report import SCORE_DISTRIBUTION_KEYS
 from jobs.score_stage import cached_day, run_score_stage
 from jobs.summary import JobSummary
 from jobs.user_stage import run_user_stage
-from ugsep.checkpoint import load_checkpoint
+from ugsep.checkpoint import read_spec
 
 
 def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:
@@ -17,8 +17,7 @@ def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool 
     ds = parse_ds(ds)
     if ds in cfg.fail_days:
         raise RuntimeError(f"injected failure for ds={ds} (fail_days in the job config; tests only)")
-    spec = load_checkpoint(cfg.model)[0].spec
-    with cached_day(spark, cfg, ds, spec) as day:  # one read and validation for both stages
+    with cached_day(spark, cfg, ds, read_spec(cfg.model)) as day:  # one read and validation for both stages
         user = run_user_stage(spark, cfg, ds, day.candidates)
         score = run_score_stage(spark, cfg, ds, compute_missing=compute_missing, day=day)
     summary = JobSummary(

@@ -79,14 +79,22 @@ def read_config(ckpt_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def read_spec(ckpt_dir: str | Path) -> FeatureSpec:
+    """The checkpoint's feature spec, from its config alone (no weights read)."""
+    return _spec_and_config(ckpt_dir, read_config(ckpt_dir))[0]
+
+
+def _spec_and_config(ckpt_dir: str | Path, meta: dict[str, Any]) -> tuple[FeatureSpec, ModelConfig]:
+    try:
+        return FeatureSpec.from_dict(meta["feature_spec"]), ModelConfig(**meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt_dir}/{CONFIG}: invalid model config ({e})") from None
+
+
 def load_checkpoint(ckpt_dir: str | Path, map_location: str = "cpu") -> tuple[RankingModel, str]:
     """Load and verify a checkpoint; returns (model in eval mode, model_version)."""
     meta = read_config(ckpt_dir)
-    try:
-        spec = FeatureSpec.from_dict(meta["feature_spec"])
-        cfg = ModelConfig(**meta["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt_dir}/{CONFIG}: invalid model config ({e})") from None
+    spec, cfg = _spec_and_config(ckpt_dir, meta)
     wpath = Path(ckpt_dir) / WEIGHTS
     try:
         state = load_file(str(wpath), device=map_location)
