@@ -14,9 +14,8 @@ import triton
 import triton.language as tl
 from torch import Tensor, nn
 
-from ugsep.quant.triton_kernels import fp8_row_scales
-
-FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
+from ugsep.quant.fp8 import E4M3_MAX
+from ugsep.quant.triton_kernels import fp8_row_scales, fp8_rows
 
 
 def _rows_per_program(width: int) -> int:
@@ -62,10 +61,9 @@ def _mix_norm_kernel(
     s = _layer_norm_rows(x, mask, cols, D, w_ptr, b_ptr, eps).to(s_ptr.dtype.element_ty)
     tl.store(s_ptr + row, s, mask=mask)
     if FP8:  # the rows the FP8 product will read, quantized from the stored (rounded) values
-        sf = s.to(tl.float32)
-        amax = tl.maximum(tl.max(tl.abs(sf), axis=1), 1e-12)
-        tl.store(q_ptr + row, (sf * (FP8_MAX / amax)[:, None]).to(q_ptr.dtype.element_ty), mask=mask)
-        tl.store(qs_ptr + h * sqs + n64, amax / FP8_MAX, mask=n < N)
+        q, scale = fp8_rows(s.to(tl.float32), FP8_MAX)
+        tl.store(q_ptr + row, q.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(qs_ptr + h * sqs + n64, scale, mask=n < N)
 
 
 def mix_norm(g: Tensor, heads: Tensor, user_index: Tensor, comp: Tensor | None, norm: nn.LayerNorm,
@@ -87,7 +85,7 @@ def mix_norm(g: Tensor, heads: Tensor, user_index: Tensor, comp: Tensor | None, 
     _mix_norm_kernel[(triton.cdiv(n, rows), tg)](
         g, heads, user_index, c, norm.weight, norm.bias, s, q, qs,
         n, d, norm.eps, heads.stride(0), heads.stride(1), heads.stride(2), c.stride(0), c.stride(1), qs.stride(0),
-        TU=n_user, HD=d // (n_user + tg), HAS_COMP=comp is not None, FP8=fp8, FP8_MAX=FP8_MAX,
+        TU=n_user, HD=d // (n_user + tg), HAS_COMP=comp is not None, FP8=fp8, FP8_MAX=E4M3_MAX,
         ROWS=rows, BD=triton.next_power_of_2(d), num_warps=8,
     )
     return s, ((q, qs) if fp8 else None)

@@ -13,6 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ugsep.quant.fp8 import E4M3_MAX
+
 
 def _configs():
     return [
@@ -105,6 +107,13 @@ def _tanh(x):
 
 
 @triton.jit
+def fp8_rows(x, FP8_MAX: tl.constexpr):
+    """fp32 rows (ROWS, K) -> the rows scaled into E4M3's range (cast on store) and their scales."""
+    amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12)
+    return x * (FP8_MAX / amax)[:, None], amax / FP8_MAX
+
+
+@triton.jit
 def _fp8_rows_kernel(x_ptr, q_ptr, s_ptr, R, M, K, sst, FP8_MAX: tl.constexpr, GELU: tl.constexpr,
                      ROWS: tl.constexpr, BK: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -115,10 +124,9 @@ def _fp8_rows_kernel(x_ptr, q_ptr, s_ptr, R, M, K, sst, FP8_MAX: tl.constexpr, G
     if GELU:  # tanh form, rounded back to x's dtype as F.gelu would leave it before quantization
         xf = x.to(tl.float32)
         x = (0.5 * xf * (1.0 + _tanh(0.7978845608028654 * (xf + 0.044715 * xf * xf * xf)))).to(x.dtype)
-    x = x.to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12)
-    tl.store(q_ptr + offs, (x * (FP8_MAX / amax)[:, None]).to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(s_ptr + (rows // M) * sst + rows % M, amax / FP8_MAX, mask=rows < R)
+    q, scale = fp8_rows(x.to(tl.float32), FP8_MAX)
+    tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(s_ptr + (rows // M) * sst + rows % M, scale, mask=rows < R)
 
 
 def fp8_row_scales(lead: tuple[int, ...], m: int, device: torch.device) -> Tensor:
@@ -142,6 +150,6 @@ def fp8_quantize_rows(x: Tensor, gelu: bool = False) -> tuple[Tensor, Tensor]:
     bk = triton.next_power_of_2(k)
     rows = max(1, min(16, 4096 // bk))
     _fp8_rows_kernel[(triton.cdiv(r, rows),)](x, q, s, r, m, k, s.stride(-3) if s.dim() > 2 else 0,
-                                              FP8_MAX=torch.finfo(torch.float8_e4m3fn).max, GELU=gelu,
+                                              FP8_MAX=E4M3_MAX, GELU=gelu,
                                               ROWS=rows, BK=bk, num_warps=4 if bk <= 4096 else 8)
     return q, s
