@@ -96,7 +96,7 @@ class QuantPerTokenLinear(nn.Module):
             return torch.stack([torch._weight_int8pack_mm(x[t].contiguous(), q[t], scale[t, 0].to(x.dtype))
                                 for t in range(x.shape[0])]) + bias.to(x.dtype).unsqueeze(1)
         w = dequantize_int8(q.transpose(1, 2), scale.float(), x.dtype)
-        return torch.baddbmm(bias.to(x.dtype).unsqueeze(1), x, w)
+        return per_token_product(x, w, bias.to(x.dtype))
 
 
 def _as_bits(scale: Tensor) -> Tensor:
