@@ -26,6 +26,7 @@ from jobs.run_day import run_day
 from jobs.spark_session import build_spark
 from ugsep.checkpoint import save_checkpoint
 from ugsep.data.synthetic import join_day, synthetic_spec
+from ugsep.host_memory import keep_freed_memory
 from ugsep.local_scoring import score_split
 from ugsep.model import ModelConfig, RankingModel
 
@@ -78,6 +79,7 @@ def main() -> None:
 
     data = join_day(*synthetic_tables(DS, a.users, mean_cands=a.mean_candidates), spec)
     torch.set_num_threads(spark.sparkContext.defaultParallelism)
+    keep_freed_memory()  # as the Spark workers do
     t = time.perf_counter()
     score_split(models["ugsep"], data, a.users_per_batch)
     model_secs = time.perf_counter() - t

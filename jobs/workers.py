@@ -17,6 +17,7 @@ import torch
 from jobs.arrow_columns import field_columns, fixed_width, list_column
 from ugsep.checkpoint import load_checkpoint
 from ugsep.data.ranking_data import to_tensors
+from ugsep.host_memory import keep_freed_memory
 from ugsep.model import RankingModel
 from ugsep.state import UserState
 
@@ -36,7 +37,9 @@ def pick_device(setting: str = "auto", gpu_addresses: list[str] | None = None) -
 
 @lru_cache(maxsize=4)
 def cached_model(ckpt: str, device: str) -> tuple[RankingModel, str]:
-    """Load once per worker process (Spark reuses Python workers across tasks)."""
+    """Load once per worker process (Spark reuses Python workers across tasks), which from then
+    on keeps its freed batch memory instead of page-faulting it in again every batch."""
+    keep_freed_memory()
     model, version = load_checkpoint(ckpt)
     if device.startswith("cuda"):
         model = model.to(device, torch.bfloat16)

@@ -13,6 +13,7 @@ import torch
 
 from ugsep.data.ranking_data import RankingData, batch_tensors
 from ugsep.data.synthetic import generate_day, join_day
+from ugsep.host_memory import keep_freed_memory
 from ugsep.model import RankingModel
 
 
@@ -40,6 +41,7 @@ def score_split(model: RankingModel, data: RankingData, batch_users: int = 256,
 
 def score_day_in_memory(model: RankingModel, n_users: int, seed: int, batch_users: int = 256) -> dict:
     """Generate a synthetic day, split-score it, return the job summary."""
+    keep_freed_memory()
     day = generate_day(n_users=n_users, seed=seed)
     data = join_day(day.users, day.items, day.candidates, model.spec)
     t0 = time.perf_counter()
