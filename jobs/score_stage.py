@@ -61,8 +61,11 @@ def check_state_version(state: DataFrame, version: str, ds: str) -> None:
 
 
 def with_state_flag(cands: DataFrame, state: DataFrame) -> DataFrame:
-    """Mark candidates whose user has state (``_has_state``); the tally counts the users without."""
-    return cands.join(state.select("user_id").withColumn("_has_state", F.lit(True)), "user_id", "left")
+    """Mark candidates whose user has state (``_has_state``); the tally counts the users without.
+    The day's user ids are broadcast (8 bytes a user): the planner, which sizes the state table
+    by its files, would otherwise sort and merge every candidate."""
+    flag = state.select("user_id").withColumn("_has_state", F.lit(True))
+    return cands.join(F.broadcast(flag), "user_id", "left")
 
 
 def with_reasons_of_stateless_users(cands: DataFrame, feats: DataFrame, spec: FeatureSpec) -> DataFrame:

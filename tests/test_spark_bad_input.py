@@ -136,3 +136,22 @@ def test_missing_column_is_named(spark, job_cfg):
 def test_unparseable_ds(bad):
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         parse_ds(bad)
+
+
+def test_tally_counts_rows_reasons_users_and_unknown_values(spark):
+    from jobs.validation import tally
+    from ugsep.features import Field, FieldKind
+
+    fields = (Field("item_id", FieldKind.CATEGORICAL, buckets=100), Field("category", FieldKind.CATEGORICAL, buckets=8))
+    rows = [  # (user_id, reason, category, has_state)
+        (1, None, 3, True), (1, None, 9, True), (2, None, -1, None), (2, None, 2, None), (3, None, 1, True),
+        (3, "duplicate_candidate", 1, True), (4, "missing_item_features", 0, None), (None, "null_user_id", 0, None),
+    ]
+    df = spark.createDataFrame(rows, "user_id bigint, _reason string, category bigint, _has_state boolean")
+    t = tally(df.repartition(3, "user_id"), fields)
+    good = [r for r in rows if r[1] is None]
+    assert t.rows == len(rows)
+    assert t.reasons == {"duplicate_candidate": 1, "missing_item_features": 1, "null_user_id": 1}
+    assert t.users == len({r[0] for r in good}) == 3
+    assert t.stateless_users == len({r[0] for r in good if r[3] is None}) == 1
+    assert t.unknown_categorical == {"category": sum(not 0 <= r[2] < 8 for r in good)} == {"category": 2}
