@@ -14,6 +14,7 @@ class TableContract:
     name: str
     columns: tuple[tuple[str, str], ...]  # (column, Spark DDL type)
     partition_by: tuple[str, ...] = ()
+    properties: tuple[tuple[str, str], ...] = ()  # Delta table properties set when the table is created
 
     @property
     def ddl(self) -> str:
@@ -74,6 +75,8 @@ SCORES = TableContract(
         ("rank", "int"),
     ),
     partition_by=("ds",),
+    # file stats only for the keys readers filter on: stats on every column cost a quarter of the write
+    properties=(("delta.dataSkippingStatsColumns", "user_id,item_id"),),
 )
 QUARANTINE = TableContract(
     "quarantine",

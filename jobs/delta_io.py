@@ -20,6 +20,8 @@ def ensure_table(spark: SparkSession, contract: TableContract, path: str) -> Non
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(StructType.fromDDL(contract.ddl))
     if contract.partition_by:
         builder = builder.partitionedBy(*contract.partition_by)
+    for key, value in contract.properties:
+        builder = builder.property(key, value)
     builder.execute()
 
 

@@ -27,3 +27,20 @@ def test_replace_day_and_the_empty_write_shortcut(spark, tmp_path):
     # nothing to write and nothing to remove: no commit at all
     assert replace_day(rows(0), path, "2026-01-02", "run-d", "stage = 'user'", known_rows=0) == 0
     assert commits() == before + 1
+
+
+def test_scores_files_carry_stats_for_the_key_columns_only(spark, tmp_path):
+    import json
+
+    from features.contracts import SCORES
+    from jobs.delta_io import ensure_table, replace_day
+
+    path = tmp_path / "scores"
+    ensure_table(spark, SCORES, str(path))
+    rows = spark.createDataFrame([("2026-01-02", "v1", u, i, 0.5, 1) for u in range(3) for i in range(2)], SCORES.ddl)
+    assert replace_day(rows, str(path), "2026-01-02", "run-a") == 6
+    adds = [json.loads(line)["add"] for f in sorted((path / "_delta_log").glob("*.json"))
+            for line in f.read_text().splitlines() if '"add"' in line]
+    stats = [json.loads(a["stats"]) for a in adds]
+    assert stats and all(set(s["minValues"]) == {"user_id", "item_id"} for s in stats)
+    assert sum(s["numRecords"] for s in stats) == 6
