@@ -3,7 +3,9 @@
 One synthetic day, one local Spark session, models of the same size (ugsep for the two-stage
 job, rankmixer for the baseline, random weights: speed does not depend on them). Prints the
 wall-time ratio and the share of the two-stage wall time spent outside model compute, where
-model compute is the same model on the same rows timed in this process without Spark. Both
+model compute is the same model on the same rows without Spark, run as the Spark job runs it:
+one single-threaded process per Spark core, each scoring its share of the users at once (the
+slowest one's time counts). Both
 jobs first run once on a small day, so neither pays the session's first-use costs (JVM code
 paths, Python workers, torch import) for the other.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import tempfile
 import time
 
@@ -24,7 +27,7 @@ from jobs.config import JobConfig
 from jobs.generate import generate_tables, synthetic_tables
 from jobs.run_day import run_day
 from jobs.spark_session import build_spark
-from ugsep.checkpoint import save_checkpoint
+from ugsep.checkpoint import load_checkpoint, save_checkpoint
 from ugsep.data.synthetic import join_day, synthetic_spec
 from ugsep.host_memory import keep_freed_memory
 from ugsep.local_scoring import score_split
@@ -32,6 +35,34 @@ from ugsep.model import ModelConfig, RankingModel
 
 DS = "2026-11-24"
 WARMUP_DS = "2026-11-23"
+
+
+def _score_share(ckpt: str, a: argparse.Namespace, part: int, parts: int, barrier, out) -> None:
+    """One process's share of the day (users with id % parts == part), one thread, timed after setup."""
+    torch.set_num_threads(1)
+    keep_freed_memory()  # as the Spark workers do
+    model, _ = load_checkpoint(ckpt)
+    users, items, cands = synthetic_tables(DS, a.users, mean_cands=a.mean_candidates)
+    mine = cands["user_id"] % parts == part
+    data = join_day(users, items, {k: v[mine] for k, v in cands.items()}, model.spec)
+    barrier.wait()
+    t = time.perf_counter()
+    score_split(model.eval(), data, a.users_per_batch)
+    out.put(time.perf_counter() - t)
+
+
+def model_seconds(ckpt: str, a: argparse.Namespace, parts: int) -> float:
+    """Seconds for ``parts`` single-threaded processes to score the day together: the model
+    compute in the Spark job's shape (one Python worker per core), without Spark."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(parts), ctx.Queue()
+    procs = [ctx.Process(target=_score_share, args=(ckpt, a, k, parts, barrier, out)) for k in range(parts)]
+    for p in procs:
+        p.start()
+    secs = max(out.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return secs
 
 
 def main() -> None:
@@ -77,18 +108,12 @@ def main() -> None:
     for name, summary in (("two-stage", two_stage), ("baseline", base)):
         print(f"{name} steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()), flush=True)
 
-    data = join_day(*synthetic_tables(DS, a.users, mean_cands=a.mean_candidates), spec)
-    torch.set_num_threads(spark.sparkContext.defaultParallelism)
-    keep_freed_memory()  # as the Spark workers do
-    t = time.perf_counter()
-    score_split(models["ugsep"], data, a.users_per_batch)
-    model_secs = time.perf_counter() - t
-
+    model_secs = model_seconds(f"{work}/ugsep", a, spark.sparkContext.defaultParallelism)
     result = {
         "candidates": gen["candidates"], "users": gen["users"], "dims": dims,
         "two_stage_wall_s": round(wall_two, 2), "baseline_wall_s": round(wall_base, 2),
         "speedup": round(wall_base / wall_two, 3),
-        "model_compute_s": round(model_secs, 2),
+        "model_compute_s": round(model_secs, 2), "model_processes": spark.sparkContext.defaultParallelism,
         "overhead_share": round(max(0.0, 1 - model_secs / wall_two), 3),
         "two_stage_cand_per_s": round(gen["candidates"] / wall_two, 1),
         "baseline_cand_per_s": round(gen["candidates"] / wall_base, 1),

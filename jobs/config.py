@@ -18,7 +18,7 @@ class JobConfig:
     model: str = "runs/model"  # checkpoint directory (ugsep train --out)
     quantized_model: str = ""  # optional quantized checkpoint for the score stage
     users_per_batch: int = 256  # user stage: users per Arrow batch (= users per model call)
-    max_candidates_per_call: int = 4096  # score stage: rows per Arrow batch; whole users per model call, at most this
+    max_candidates_per_call: int = 4096  # score stage: candidates per model call (whole users), at most this
     partitions: int = 0  # partitions for the model stages; 0 = Spark's default parallelism
     device: str = "auto"  # "auto": the GPU Spark assigned, else CUDA if visible, else CPU
     task_gpus: float = 0.0  # >0: ask for GPUs per task in the model stages (stage-level scheduling)

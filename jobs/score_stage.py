@@ -154,8 +154,10 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
         rows = user_ordered_rows(good, state).select(
             "user_id", "state", *[f.name for f in spec.item_fields], *user_cols)
         worker = partial(score_user_rows, max_candidates=cfg.max_candidates_per_call)
-        scores = map_in_arrow_with_model(rows, worker, SCORE_SCHEMA, cfg, cfg.model,
-                                         cfg.max_candidates_per_call or ARROW_BATCH_ROWS).select(
+        # Arrow batches of at least Spark's default size (fewer, larger transfers: 4096-row batches
+        # cost ~5% more CPU); the worker cuts them into model calls of whole users
+        batch_rows = max(cfg.max_candidates_per_call, ARROW_BATCH_ROWS)
+        scores = map_in_arrow_with_model(rows, worker, SCORE_SCHEMA, cfg, cfg.model, batch_rows).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         scores, distribution = observe_score_distribution(scores)
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)
