@@ -81,10 +81,8 @@ def main() -> None:
     torch.manual_seed(0)
     spec = synthetic_spec()
     dims = dict(d_model=a.d_model, n_user_tokens=a.tokens, n_group_tokens=a.tokens)
-    models = {arch: RankingModel(spec, ModelConfig(arch=arch, compensation=False, **dims)).eval()
-              for arch in ("ugsep", "rankmixer")}
-    for arch, m in models.items():
-        save_checkpoint(m, f"{work}/{arch}")
+    for arch in ("ugsep", "rankmixer"):
+        save_checkpoint(RankingModel(spec, ModelConfig(arch=arch, compensation=False, **dims)), f"{work}/{arch}")
     cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/ugsep", users_per_batch=a.users_per_batch)
     spark = build_spark("ugsep-bench")
     if a.warmup_users:  # generated first: each day rewrites the user and item feature tables
