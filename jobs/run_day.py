@@ -18,7 +18,7 @@ def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool 
     if ds in cfg.fail_days:
         raise RuntimeError(f"injected failure for ds={ds} (fail_days in the job config; tests only)")
     with cached_day(spark, cfg, ds, read_spec(cfg.model)) as day:  # one read and validation for both stages
-        user = run_user_stage(spark, cfg, ds, day.candidates)
+        user = run_user_stage(spark, cfg, ds, day.per_user)
         score = run_score_stage(spark, cfg, ds, compute_missing=compute_missing, day=day)
     summary = JobSummary(
         "run", ds, model_version=score["model_version"], rows_in=score["rows_in"], rows_out=score["rows_out"],

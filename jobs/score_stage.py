@@ -18,11 +18,12 @@ from jobs.model_stage import ARROW_BATCH_ROWS, map_in_arrow_with_model
 from jobs.report import observe_score_distribution
 from jobs.validation import (
     REASON,
+    count_per_user,
     dense_checks,
     first_failure,
     quarantine_rows,
     tag_candidate_rows,
-    tally,
+    tally_per_user,
 )
 from jobs.workers import SCORE_SCHEMA, score_user_rows
 from ugsep.features import FeatureSpec, FieldKind
@@ -60,20 +61,20 @@ def check_state_version(state: DataFrame, version: str, ds: str) -> None:
                              f"{version}; rerun the user stage with this model")
 
 
-def with_state_flag(cands: DataFrame, state: DataFrame) -> DataFrame:
-    """Mark candidates whose user has state (``_has_state``); the tally counts the users without.
+def with_state_flag(rows: DataFrame, state: DataFrame) -> DataFrame:
+    """Mark rows (candidates, or their per-user counts) whose user has state (``_has_state``).
     The day's user ids are broadcast (8 bytes a user): the planner, which sizes the state table
     by its files, would otherwise sort and merge every candidate."""
     flag = state.select("user_id").withColumn("_has_state", F.lit(True))
-    return cands.join(F.broadcast(flag), "user_id", "left")
+    return rows.join(F.broadcast(flag), "user_id", "left")
 
 
-def with_reasons_of_stateless_users(cands: DataFrame, feats: DataFrame, spec: FeatureSpec) -> DataFrame:
-    """Attach user features to state-flagged candidates; for users without state a missing or
-    non-finite feature row is a reason to quarantine, exactly as in the user stage (checked
-    after every candidate check)."""
+def with_reasons_of_stateless_users(rows: DataFrame, feats: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """Attach user features to state-flagged rows (candidates, or their per-user counts); for
+    users without state a missing or non-finite feature row is a reason to quarantine, exactly
+    as in the user stage (checked after every candidate check)."""
     user_cols = non_key_columns(spec.user_fields, "user_id")
-    joined = cands.join(feats.select("user_id", *user_cols).withColumn("_ufound", F.lit(True)), "user_id", "left")
+    joined = rows.join(feats.select("user_id", *user_cols).withColumn("_ufound", F.lit(True)), "user_id", "left")
     checks = [(F.col("_ufound").isNull(), "missing_user_features"), *dense_checks(spec.user_fields)]
     user_reason = F.when(F.col("_has_state").isNull(), first_failure(checks))
     return joined.withColumn(REASON, F.coalesce(F.col(REASON), user_reason)).drop("_ufound")
@@ -92,6 +93,7 @@ class CheckedDay:
 
     candidates: DataFrame  # tagged (``cached_columns``), clustered by user
     items: DataFrame  # the item features they were checked against
+    per_user: DataFrame  # ``count_per_user`` of the candidates: the day's users and the tally's counts
 
     def with_item_features(self, good: DataFrame, spec: FeatureSpec) -> DataFrame:
         """Good candidates with every item field, from the same cached item features."""
@@ -108,9 +110,11 @@ def cached_day(spark: SparkSession, cfg: JobConfig, ds: str, spec: FeatureSpec) 
     # cluster by user once: the duplicate check, the grouping and the state join reuse it
     cands = cands.repartition(cfg.partitions or spark.sparkContext.defaultParallelism, "user_id")
     tagged = day_candidates(cands, items, spec).select(*cached_columns(spec)).persist()
+    per_user = count_per_user(tagged, spec.item_fields).persist()
     try:
-        yield CheckedDay(tagged, items)
+        yield CheckedDay(tagged, items, per_user)
     finally:
+        per_user.unpersist()
         tagged.unpersist()
         items.unpersist()
 
@@ -131,14 +135,16 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
     with summary.timed("read+validate"):
         state = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
         check_state_version(state, version, ds)
-        cands = with_state_flag(day.candidates, state)
+        # counted on the per-user counts, not the candidates: the state flag joins 20k rows, not 2M
+        users, cands = with_state_flag(day.per_user, state), day.candidates
         if compute_missing:  # users to encode here need valid user features, like in the user stage
             feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
-            cands = with_reasons_of_stateless_users(cands, feats, spec)
-        counts = tally(cands, spec.item_fields)
+            users = with_reasons_of_stateless_users(users, feats, spec)
+            cands = with_reasons_of_stateless_users(with_state_flag(cands, state), feats, spec)
+        counts = tally_per_user(users, spec.item_fields)
         if counts.stateless_users and not compute_missing:
-            sample = [r[0] for r in cands.where(F.col(REASON).isNull() & F.col("_has_state").isNull())
-                      .select("user_id").distinct().limit(5).collect()]
+            sample = [r[0] for r in users.where(F.col(REASON).isNull() & F.col("_has_state").isNull())
+                      .select("user_id").limit(5).collect()]
             raise UserStateError(f"{counts.stateless_users} users of ds={ds} have no user_state (e.g. {sample}); "
                                  "run `ugsep user-stage` for this ds first, or pass --compute-missing")
         summary.rows_in, summary.users = counts.rows, counts.users

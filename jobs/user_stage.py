@@ -16,7 +16,8 @@ from ugsep.features import FeatureSpec
 
 
 def day_users(candidates: DataFrame, user_features: DataFrame, spec: FeatureSpec) -> DataFrame:
-    """Distinct users of the day's candidates joined with their features, tagged with a reason if bad."""
+    """Distinct users of the day's candidates (any rows with their user_id) joined with their
+    features, tagged with a reason if bad."""
     users = candidates.where(F.col("user_id").isNotNull()).select("user_id").distinct()
     feats = user_features.select("user_id", *non_key_columns(spec.user_fields, "user_id"))
     return tag_user_rows(users.join(feats.withColumn("_found", F.lit(True)), "user_id", "left"), spec)
@@ -30,8 +31,9 @@ def encode_users_df(users: DataFrame, cfg: JobConfig, ckpt: str) -> DataFrame:
 
 
 def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: DataFrame | None = None) -> dict:
-    """Encode the day's users and write their user_state. ``candidates``: the day's candidates
-    if the caller has read them already (`ugsep run`: the score stage's cached rows), else read here."""
+    """Encode the day's users and write their user_state. ``candidates``: rows holding the user_id
+    of every candidate of the day if the caller has them already (`ugsep run`: the cached day's
+    per-user counts), else the candidates are read here."""
     job = start_job(spark, "user-stage", ds, cfg.model,
                     [(c, cfg.table_path(c)) for c in (USER_STATE, QUARANTINE)], unit="users")
     ds, model, version, summary, run_id = job.ds, job.model, job.version, job.summary, job.run_id

@@ -139,19 +139,22 @@ def test_unparseable_ds(bad):
 
 
 def test_tally_counts_rows_reasons_users_and_unknown_values(spark):
-    from jobs.validation import tally
+    from jobs.score_stage import with_state_flag
+    from jobs.validation import count_per_user, tally, tally_per_user
     from ugsep.features import Field, FieldKind
 
     fields = (Field("item_id", FieldKind.CATEGORICAL, buckets=100), Field("category", FieldKind.CATEGORICAL, buckets=8))
-    rows = [  # (user_id, reason, category, has_state)
-        (1, None, 3, True), (1, None, 9, True), (2, None, -1, None), (2, None, 2, None), (3, None, 1, True),
-        (3, "duplicate_candidate", 1, True), (4, "missing_item_features", 0, None), (None, "null_user_id", 0, None),
+    rows = [  # (user_id, reason, category)
+        (1, None, 3), (1, None, 9), (2, None, -1), (2, None, 2), (3, None, 1),
+        (3, "duplicate_candidate", 1), (4, "missing_item_features", 0), (None, "null_user_id", 0),
     ]
-    df = spark.createDataFrame(rows, "user_id bigint, _reason string, category bigint, _has_state boolean")
-    t = tally(df.repartition(3, "user_id"), fields)
+    with_state = {1, 3, 4}
+    df = spark.createDataFrame(rows, "user_id bigint, _reason string, category bigint").repartition(3, "user_id")
+    state = spark.createDataFrame([(u,) for u in with_state], "user_id bigint")
     good = [r for r in rows if r[1] is None]
-    assert t.rows == len(rows)
-    assert t.reasons == {"duplicate_candidate": 1, "missing_item_features": 1, "null_user_id": 1}
-    assert t.users == len({r[0] for r in good}) == 3
-    assert t.stateless_users == len({r[0] for r in good if r[3] is None}) == 1
-    assert t.unknown_categorical == {"category": sum(not 0 <= r[2] < 8 for r in good)} == {"category": 2}
+    for t in (tally(df, fields), tally_per_user(with_state_flag(count_per_user(df, fields), state), fields)):
+        assert t.rows == len(rows)
+        assert t.reasons == {"duplicate_candidate": 1, "missing_item_features": 1, "null_user_id": 1}
+        assert t.users == len({r[0] for r in good}) == 3
+        assert t.unknown_categorical == {"category": sum(not 0 <= r[2] < 8 for r in good)} == {"category": 2}
+    assert t.stateless_users == len({r[0] for r in good if r[0] not in with_state}) == 1
