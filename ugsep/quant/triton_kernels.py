@@ -32,7 +32,10 @@ SPLIT_K_MAX_TILES = 256
 
 
 def _bench_replays(fn, quantiles):
-    """Autotune on CUDA graph replays: eager timings of these ~10 us kernels are mostly launch cost."""
+    """Autotune on CUDA graph replays: eager timings of these ~10 us kernels are mostly launch cost.
+    Triton times on a fresh stream that does not wait for the caller's, so wait for pending work
+    (the inputs) first."""
+    torch.cuda.synchronize()
     return triton.testing.do_bench_cudagraph(fn, rep=20, quantiles=quantiles)
 
 
