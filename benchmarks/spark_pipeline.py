@@ -5,11 +5,18 @@ job, rankmixer for the baseline, random weights: speed does not depend on them).
 wall-time ratio and the share of the two-stage wall time spent outside model compute, where
 model compute is the same model on the same rows without Spark, run as the Spark job runs it:
 one single-threaded process per Spark core, each scoring its share of the users at once (the
-slowest one's time counts). Both
-jobs first run once on a small day, so neither pays the session's first-use costs (JVM code
-paths, Python workers, torch import) for the other.
+slowest one's time counts), in the job's model calls (256 users per user-stage call, whole
+users up to 4,096 candidates per score-stage call). Both
+jobs first run once on a smaller day, so neither pays the session's first-use costs (JVM code
+paths, Python workers, torch import) for the other. That day has 2,000 users (200k
+candidates): with 300 the JVM was still compiling hot Spark, Delta and Arrow code during the
+two-stage job, which runs first, and the baseline after it found that code compiled.
 
-    python benchmarks/spark_pipeline.py [--users 20000] [--mean-candidates 100] [--warmup-users 300] [--json]
+The default width is D=128: at D=64 the model is so small that the JVM's per-row work on 2
+cores costs about as much as the model (pass --d-model 64 to see it).
+
+    python benchmarks/spark_pipeline.py [--users 20000] [--mean-candidates 100] [--d-model 128]
+        [--warmup-users 2000] [--json]
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import multiprocessing as mp
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from jobs.baseline import run_baseline
@@ -27,11 +35,13 @@ from jobs.config import JobConfig
 from jobs.generate import generate_tables, synthetic_tables
 from jobs.run_day import run_day
 from jobs.spark_session import build_spark
+from jobs.workers import whole_user_cuts
 from ugsep.checkpoint import load_checkpoint, save_checkpoint
+from ugsep.data.ranking_data import RankingData, to_tensors
 from ugsep.data.synthetic import join_day, synthetic_spec
 from ugsep.host_memory import keep_freed_memory
-from ugsep.local_scoring import score_split
 from ugsep.model import ModelConfig, RankingModel
+from ugsep.state import UserState
 
 DS = "2026-11-24"
 WARMUP_DS = "2026-11-23"
@@ -45,10 +55,26 @@ def _score_share(ckpt: str, a: argparse.Namespace, part: int, parts: int, barrie
     users, items, cands = synthetic_tables(DS, a.users, mean_cands=a.mean_candidates)
     mine = cands["user_id"] % parts == part
     data = join_day(users, items, {k: v[mine] for k, v in cands.items()}, model.spec)
+    data = data.take(np.argsort(data.user_row, kind="stable"))  # its users only, candidates in user order
     barrier.wait()
     t = time.perf_counter()
-    score_split(model.eval(), data, a.users_per_batch)
+    score_in_job_calls(model.eval(), data, a.users_per_batch, a.max_candidates_per_call)
     out.put(time.perf_counter() - t)
+
+
+@torch.inference_mode()
+def score_in_job_calls(model: RankingModel, data: RankingData, users_per_call: int, max_candidates: int) -> None:
+    """The model calls the Spark workers make, without Spark (``data``'s candidates in user order):
+    the user stage encodes ``users_per_call`` users a call; the score stage scores whole users a
+    call, at most ``max_candidates`` candidates (a user with more gets a call of its own)."""
+    flat = torch.cat([
+        model.encode_users(to_tensors({k: v[s:s + users_per_call] for k, v in data.users.items()})).to_flat()
+        for s in range(0, data.n_users, users_per_call)])
+    for begin, end in whole_user_cuts(data.user_row, max_candidates):
+        first, last = data.user_row[begin], data.user_row[end - 1]
+        state = UserState.from_flat(flat[first:last + 1], model.state_layout)
+        items = to_tensors({k: v[begin:end] for k, v in data.items.items()})
+        model.score_groups(state, items, torch.from_numpy(data.user_row[begin:end] - first))
 
 
 def model_seconds(ckpt: str, a: argparse.Namespace, parts: int) -> float:
@@ -69,10 +95,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=20000)
     p.add_argument("--mean-candidates", type=float, default=100.0)
-    p.add_argument("--users-per-batch", type=int, default=256)
-    p.add_argument("--d-model", type=int, default=64, help="model width (both models)")
+    p.add_argument("--users-per-batch", type=int, default=JobConfig.users_per_batch)
+    p.add_argument("--max-candidates-per-call", type=int, default=JobConfig.max_candidates_per_call)
+    p.add_argument("--d-model", type=int, default=128, help="model width (both models)")
     p.add_argument("--tokens", type=int, default=4, help="user tokens = group tokens")
-    p.add_argument("--warmup-users", type=int, default=300,
+    p.add_argument("--warmup-users", type=int, default=2000,
                    help="users of a small day both jobs run first (JVM code paths, Python workers, torch)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     a = p.parse_args()
@@ -83,7 +110,8 @@ def main() -> None:
     dims = dict(d_model=a.d_model, n_user_tokens=a.tokens, n_group_tokens=a.tokens)
     for arch in ("ugsep", "rankmixer"):
         save_checkpoint(RankingModel(spec, ModelConfig(arch=arch, compensation=False, **dims)), f"{work}/{arch}")
-    cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/ugsep", users_per_batch=a.users_per_batch)
+    cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/ugsep", users_per_batch=a.users_per_batch,
+                    max_candidates_per_call=a.max_candidates_per_call)
     spark = build_spark("ugsep-bench")
     if a.warmup_users:  # generated first: each day rewrites the user and item feature tables
         generate_tables(spark, cfg, WARMUP_DS, a.warmup_users, mean_cands=a.mean_candidates)

@@ -88,16 +88,22 @@ def whole_users(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         yield tail
 
 
-def whole_user_slices(batch: pa.RecordBatch, max_candidates: int) -> Iterator[pa.RecordBatch]:
-    """Cut user-ordered rows of whole users into consecutive slices of at most ``max_candidates``
-    rows (a user with more candidates than that gets a slice of its own)."""
-    starts = user_starts(batch.column("user_id").to_numpy(zero_copy_only=False))
+def whole_user_cuts(user_ids: np.ndarray, max_candidates: int) -> Iterator[tuple[int, int]]:
+    """(begin, end) of consecutive slices of user-ordered rows, each of whole users and at most
+    ``max_candidates`` rows (a user with more candidates than that gets a slice of its own)."""
+    starts = user_starts(user_ids)
     first = 0
-    for start, end in zip(starts, np.r_[starts[1:], batch.num_rows], strict=True):
+    for start, end in zip(starts, np.r_[starts[1:], len(user_ids)], strict=True):
         if start > first and end - first > max_candidates:
-            yield batch.slice(first, start - first)
-            first = start
-    yield batch.slice(first)
+            yield first, int(start)
+            first = int(start)
+    yield first, len(user_ids)
+
+
+def whole_user_slices(batch: pa.RecordBatch, max_candidates: int) -> Iterator[pa.RecordBatch]:
+    """``whole_user_cuts`` of a batch of user-ordered rows."""
+    for begin, end in whole_user_cuts(batch.column("user_id").to_numpy(zero_copy_only=False), max_candidates):
+        yield batch.slice(begin, end - begin)
 
 
 def check_unseen(user_ids: np.ndarray, seen: set[int]) -> None:
