@@ -99,12 +99,17 @@ def test_rankmixer_can_be_quantized_too():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton W8A16 kernel needs a CUDA GPU")
 @pytest.mark.parametrize("m", [1, 8, 64, 300])
 @pytest.mark.parametrize("group_size", [0, 64])
-def test_triton_w8a16_matches_reference(m, group_size):
+@pytest.mark.parametrize("stored_nk", [False, True], ids=["kn", "nk"])
+def test_triton_w8a16_matches_reference(m, group_size, stored_nk):
+    """``stored_nk``: the weights as the quantized module keeps them, (T, N, K) storage viewed
+    (T, K, N), which takes the TMA kernel from 17 rows on Hopper."""
     from ugsep.quant.triton_kernels import w8a16_bmm
 
     torch.manual_seed(0)
     w = torch.randn(4, 256, 192, device="cuda")
     q, s = quantize_int8(w, group_size)
+    if stored_nk:
+        q = q.transpose(1, 2).contiguous().transpose(1, 2)
     x = torch.randn(m, 4, 256, device="cuda", dtype=torch.bfloat16).transpose(0, 1)  # strided like the model
     b = torch.randn(4, 192, device="cuda", dtype=torch.bfloat16)
     ref = torch.baddbmm(b.float().unsqueeze(1), x.float(), dequantize_int8(q, s))

@@ -3,7 +3,8 @@
 One program computes a (BM x BN) tile of one token position: int8 weights are loaded
 (half the bytes of bf16), turned into bf16 in registers and fed to tensor-core dots; the
 per-channel scale, the bias and an optional GELU are applied once on the accumulator.
-Imported only on CUDA; CPU installs need no Triton.
+From 17 rows on, on Hopper, with the weights stored (T, N, K) as the model keeps them, the
+tiles come through TMA (``_w8a16_tma_kernel``). Imported only on CUDA; CPU installs need no Triton.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ugsep.quant.fp8 import E4M3_MAX
 
@@ -20,7 +22,7 @@ def _configs():
     return [
         triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
         for bm, bn, bk, w, s in [
-            (16, 64, 128, 2, 3), (16, 64, 256, 2, 2), (16, 32, 256, 4, 3), (16, 128, 128, 4, 4),
+            (16, 64, 128, 2, 3), (16, 64, 128, 4, 3), (16, 64, 256, 2, 2), (16, 32, 256, 4, 3), (16, 128, 128, 4, 4),
             (32, 64, 128, 4, 4), (64, 128, 64, 4, 3), (64, 64, 64, 4, 4), (128, 128, 64, 8, 3),
         ]
     ]
@@ -37,6 +39,18 @@ def _bench_replays(fn, quantiles):
     (the inputs) first."""
     torch.cuda.synchronize()
     return triton.testing.do_bench_cudagraph(fn, rep=20, quantiles=quantiles)
+
+
+@triton.jit
+def _scale_bias(s_ptr, b_ptr, t, ks, rn, N, sst, ssn, sbt, HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr):
+    """Per-column fp32 scale (1 when grouped: applied to the weights) and bias (split 0 adds it)."""
+    sc = tl.full(rn.shape, 1.0, tl.float32)
+    bi = tl.zeros(rn.shape, tl.float32)
+    if not GROUPED:
+        sc = tl.load(s_ptr + t * sst + rn * ssn, mask=rn < N, other=0.0)
+    if HAS_BIAS:
+        bi = tl.load(b_ptr + t * sbt + rn, mask=(rn < N) & (ks == 0), other=0.0).to(tl.float32)
+    return sc, bi
 
 
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUPED", "SPLIT"],
@@ -57,6 +71,10 @@ def _w8a16_bmm_kernel(
     rk = tl.arange(0, BK)
     x_base = x_ptr + t * sxt + rm[:, None] * sxm
     q_base = q_ptr + t * sqt + rn[None, :] * sqn
+    # small-M tiles stream a short K loop in one wave: issue the epilogue's loads first so their
+    # latency hides under the weight stream instead of adding to every program's tail (1-2%)
+    if BM <= 16:
+        sc, bi = _scale_bias(s_ptr, b_ptr, t, ks, rn, N, sst, ssn, sbt, HAS_BIAS, GROUPED)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     k_per = tl.cdiv(tl.cdiv(K, SPLIT), BK) * BK
     for k0 in range(ks * k_per, tl.minimum(K, (ks + 1) * k_per), BK):
@@ -70,10 +88,9 @@ def _w8a16_bmm_kernel(
         else:
             w = q.to(x.dtype)
         acc += tl.dot(x, w)
-    if not GROUPED:
-        acc *= tl.load(s_ptr + t * sst + rn * ssn, mask=rn < N, other=0.0)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + t * sbt + rn, mask=(rn < N) & (ks == 0), other=0.0).to(tl.float32)[None, :]
+    if BM > 16:
+        sc, bi = _scale_bias(s_ptr, b_ptr, t, ks, rn, N, sst, ssn, sbt, HAS_BIAS, GROUPED)
+    acc = acc * sc[None, :] + bi[None, :]
     if GELU:
         acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
     y_ptrs = y_ptr + t * syt + rm[:, None] * sym + rn[None, :] * syn
@@ -83,9 +100,88 @@ def _w8a16_bmm_kernel(
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
+def _tma_blocks(nargs):
+    """The descriptors' block shapes follow the config being run."""
+    nargs["x_desc"].block_shape = [1, nargs["BM"], nargs["BK"]]
+    nargs["q_desc"].block_shape = [1, nargs["BN"], nargs["BK"]]
+
+
+def _tma_configs():
+    return [
+        triton.Config({"BM": bm, "BN": bn, "BK": bk, "SWAP": swap}, num_warps=w, num_stages=s, pre_hook=_tma_blocks)
+        for bm, bn, bk, swap, w, s in [
+            (64, 64, 128, True, 4, 4), (64, 128, 64, False, 4, 3), (64, 128, 64, True, 4, 3), (32, 64, 128, True, 4, 4),
+            (128, 128, 64, False, 4, 4), (128, 128, 64, False, 8, 3),
+        ]
+    ]
+
+
+@triton.autotune(configs=_tma_configs(), key=["M", "N", "K"], do_bench=_bench_replays)
+@triton.jit
+def _w8a16_tma_kernel(
+    x_desc, q_desc, s_ptr, b_ptr, y_ptr,
+    M, N, K, sst, ssn, sbt, syt, sym, syn,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, SWAP: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """_w8a16_bmm_kernel for M > 16 with both tiles fetched by TMA: x through a (T, M, K) descriptor,
+    the weights through one over their (T, N, K) storage (zero fill past M, N and K, so no masks).
+    On an H100 with weights from HBM (T=16): fc2-like (K=3072, N=768) M=64 1.27x faster than the
+    split-K pointer kernel, fc1-like (K=768, N=3072) 1.12x, M=256..1024 1.1-1.2x. SWAP computes the transposed
+    tile, dequant(q) (BN x BK, straight from registers as the wgmma A operand) @ x^T, so the wide N
+    side fills the 64-row MMA when the N tiles are narrow."""
+    pid, t = tl.program_id(0), tl.program_id(1)
+    m_tiles = tl.cdiv(M, BM)
+    pn, pm = pid // m_tiles, pid % m_tiles
+    acc = tl.zeros((BN, BM) if SWAP else (BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        x = x_desc.load([t, pm * BM, k0]).reshape(BM, BK)
+        w = q_desc.load([t, pn * BN, k0]).reshape(BN, BK).to(x.dtype)
+        if SWAP:
+            acc = tl.dot(w, x.T, acc)
+        else:
+            acc = tl.dot(x, w.T, acc)
+    rm = pm * BM + tl.arange(0, BM)
+    rn = pn * BN + tl.arange(0, BN)
+    if SWAP:
+        rm2, rn2 = rm[None, :], rn[:, None]
+    else:
+        rm2, rn2 = rm[:, None], rn[None, :]
+    acc *= tl.load(s_ptr + t * sst + rn2 * ssn, mask=rn2 < N, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + t * sbt + rn2, mask=rn2 < N, other=0.0).to(tl.float32)
+    if GELU:
+        acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+    tl.store(y_ptr + t * syt + rm2 * sym + rn2 * syn, acc.to(y_ptr.dtype.element_ty), mask=(rm2 < M) & (rn2 < N))
+
+
+def _tma_fits(x: Tensor, q: Tensor, groups: int) -> bool:
+    """TMA path: Hopper or newer, per-channel scales, q a (T, K, N) view of (T, N, K)-contiguous
+    storage, x with unit K stride, 16-byte aligned bases and strides."""
+    t, k, n = q.shape
+    return (groups == 1 and torch.cuda.get_device_capability(x.device)[0] >= 9
+            and q.stride() == (n * k, 1, k) and k % 16 == 0 and q.data_ptr() % 16 == 0
+            and x.stride(2) == 1 and x.stride(0) % 8 == 0 and x.stride(1) % 8 == 0 and x.data_ptr() % 16 == 0)
+
+
+def _w8a16_tma(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None, gelu: bool) -> Tensor:
+    t, m, k = x.shape
+    n = q.shape[2]
+    y = torch.empty((t, m, n), device=x.device, dtype=x.dtype)
+    b = bias if bias is not None else y
+    x_desc = TensorDescriptor(x, [t, m, k], list(x.stride()), [1, 64, 64])  # blocks set per config
+    q_desc = TensorDescriptor(q.transpose(1, 2), [t, n, k], [n * k, k, 1], [1, 64, 64])
+    grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]), t)
+    _w8a16_tma_kernel[grid](x_desc, q_desc, scale, b, y, m, n, k, scale.stride(0), scale.stride(2), b.stride(0),
+                            y.stride(0), y.stride(1), y.stride(2), HAS_BIAS=bias is not None, GELU=gelu)
+    return y
+
+
 def w8a16_bmm(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None = None, gelu: bool = False) -> Tensor:
     """x: (T, M, K) bf16/fp16 (any strides); q: (T, K, N) int8; scale: (T, G, N) -> (T, M, N)."""
     t, m, k = x.shape
+    if m > 16 and _tma_fits(x, q, scale.shape[1]):
+        return _w8a16_tma(x, q, scale, bias, gelu)
     n = q.shape[2]
     groups = scale.shape[1]
     # split K where even 64-wide tiles would not fill the GPU twice over (never before a GELU)
