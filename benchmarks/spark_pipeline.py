@@ -15,8 +15,12 @@ two-stage job, which runs first, and the baseline after it found that code compi
 The default width is D=128: at D=64 the model is so small that the JVM's per-row work on 2
 cores costs about as much as the model (pass --d-model 64 to see it).
 
+Each job then runs ``--repeats`` times, alternating (two-stage, baseline, two-stage, ...), and
+the model reference as often: the fastest of each counts. One run of a job on this shared
+2-core machine varied by 10-20% from run to run.
+
     python benchmarks/spark_pipeline.py [--users 20000] [--mean-candidates 100] [--d-model 128]
-        [--warmup-users 2000] [--json]
+        [--warmup-users 2000] [--repeats 2] [--conf KEY=VALUE ...] [--json]
 """
 
 from __future__ import annotations
@@ -91,6 +95,13 @@ def model_seconds(ckpt: str, a: argparse.Namespace, parts: int) -> float:
     return secs
 
 
+def _key_value(kv: str) -> tuple[str, str]:
+    key, sep, value = kv.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{kv!r} is not of the form key=value")
+    return key, value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=20000)
@@ -101,8 +112,12 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=4, help="user tokens = group tokens")
     p.add_argument("--warmup-users", type=int, default=2000,
                    help="users of a small day both jobs run first (JVM code paths, Python workers, torch)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each job (alternating); the fastest counts")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
+                   help="Spark setting for the session, e.g. to compare JVM options (repeatable)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     a = p.parse_args()
+    conf = dict(a.conf)
 
     work = tempfile.mkdtemp(prefix="ugsep-bench-")
     torch.manual_seed(0)
@@ -112,7 +127,7 @@ def main() -> None:
         save_checkpoint(RankingModel(spec, ModelConfig(arch=arch, compensation=False, **dims)), f"{work}/{arch}")
     cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/ugsep", users_per_batch=a.users_per_batch,
                     max_candidates_per_call=a.max_candidates_per_call)
-    spark = build_spark("ugsep-bench")
+    spark = build_spark("ugsep-bench", conf)
     if a.warmup_users:  # generated first: each day rewrites the user and item feature tables
         generate_tables(spark, cfg, WARMUP_DS, a.warmup_users, mean_cands=a.mean_candidates)
     gen = generate_tables(spark, cfg, DS, a.users, mean_cands=a.mean_candidates)
@@ -123,21 +138,27 @@ def main() -> None:
         run_day(spark, cfg, WARMUP_DS)
         run_baseline(spark, cfg, WARMUP_DS, ckpt=f"{work}/rankmixer")
 
-    t = time.perf_counter()
-    two_stage = run_day(spark, cfg, DS)
-    wall_two = time.perf_counter() - t
-    t = time.perf_counter()
-    base = run_baseline(spark, cfg, DS, ckpt=f"{work}/rankmixer")
-    wall_base = time.perf_counter() - t
-    assert two_stage["rows_out"] == base["rows_out"] == gen["candidates"]
+    walls: dict[str, list[float]] = {"two-stage": [], "baseline": []}
+    jobs = {"two-stage": lambda: run_day(spark, cfg, DS),
+            "baseline": lambda: run_baseline(spark, cfg, DS, ckpt=f"{work}/rankmixer")}
+    for _ in range(a.repeats):
+        for name, job in jobs.items():
+            t = time.perf_counter()
+            summary = job()
+            walls[name].append(time.perf_counter() - t)
+            assert summary["rows_out"] == gen["candidates"], (name, summary["rows_out"])
+            print(f"{name} {walls[name][-1]:.1f}s: " +
+                  ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()), flush=True)
+    wall_two, wall_base = min(walls["two-stage"]), min(walls["baseline"])
 
-    for name, summary in (("two-stage", two_stage), ("baseline", base)):
-        print(f"{name} steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()), flush=True)
-
-    model_secs = model_seconds(f"{work}/ugsep", a, spark.sparkContext.defaultParallelism)
+    models = [model_seconds(f"{work}/ugsep", a, spark.sparkContext.defaultParallelism) for _ in range(a.repeats)]
+    model_secs = min(models)
     result = {
-        "candidates": gen["candidates"], "users": gen["users"], "dims": dims,
+        "candidates": gen["candidates"], "users": gen["users"], "dims": dims, "conf": conf,
         "two_stage_wall_s": round(wall_two, 2), "baseline_wall_s": round(wall_base, 2),
+        "two_stage_walls_s": [round(w, 2) for w in walls["two-stage"]],
+        "baseline_walls_s": [round(w, 2) for w in walls["baseline"]],
+        "model_compute_runs_s": [round(m, 2) for m in models],
         "speedup": round(wall_base / wall_two, 3),
         "model_compute_s": round(model_secs, 2), "model_processes": spark.sparkContext.defaultParallelism,
         "overhead_share": round(max(0.0, 1 - model_secs / wall_two), 3),
