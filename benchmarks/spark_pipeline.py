@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from jobs.baseline import run_baseline
-from jobs.config import JobConfig
+from jobs.config import JobConfig, spark_conf_pairs
 from jobs.generate import generate_tables, synthetic_tables
 from jobs.run_day import run_day
 from jobs.spark_session import build_spark
@@ -95,13 +95,6 @@ def model_seconds(ckpt: str, a: argparse.Namespace, parts: int) -> float:
     return secs
 
 
-def _key_value(kv: str) -> tuple[str, str]:
-    key, sep, value = kv.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"{kv!r} is not of the form key=value")
-    return key, value
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=20000)
@@ -113,11 +106,14 @@ def main() -> None:
     p.add_argument("--warmup-users", type=int, default=2000,
                    help="users of a small day both jobs run first (JVM code paths, Python workers, torch)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each job (alternating); the fastest counts")
-    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                    help="Spark setting for the session, e.g. to compare JVM options (repeatable)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     a = p.parse_args()
-    conf = dict(a.conf)
+    try:
+        conf = spark_conf_pairs(a.conf)
+    except ValueError as e:
+        p.error(str(e))
 
     work = tempfile.mkdtemp(prefix="ugsep-bench-")
     torch.manual_seed(0)

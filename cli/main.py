@@ -105,16 +105,12 @@ def cmd_score_local(a: argparse.Namespace) -> int:
 
 def _spark_job(a: argparse.Namespace):
     """Load the job config, apply --conf overrides, and start (or join) the Spark session."""
-    from jobs.config import load_config, parse_ds
+    from jobs.config import load_config, parse_ds, spark_conf_pairs
     from jobs.spark_session import build_spark
 
     parse_ds(a.ds)  # fail before Spark starts
     cfg = load_config(a.config, model=getattr(a, "model", None))
-    for kv in a.conf or []:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise ValueError(f"--conf {kv!r} is not of the form key=value")
-        cfg.spark[key] = value
+    cfg.spark.update(spark_conf_pairs(a.conf or []))
     return build_spark(f"ugsep-{a.command}", cfg.spark), cfg
 
 

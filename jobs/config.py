@@ -37,6 +37,17 @@ class JobConfig:
 PATH_KEYS = ("warehouse", "model", "quantized_model")
 
 
+def spark_conf_pairs(pairs: list[str]) -> dict[str, str]:
+    """``--conf KEY=VALUE`` arguments -> {key: value}; the value may itself hold '='."""
+    conf = {}
+    for kv in pairs:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise ValueError(f"--conf {kv!r} is not of the form key=value")
+        conf[key] = value
+    return conf
+
+
 def load_config(path: str | None, **overrides: Any) -> JobConfig:
     """Read ``path`` (TOML) if given, then apply non-None keyword overrides.
 

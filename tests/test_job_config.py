@@ -2,7 +2,7 @@
 
 import pytest
 
-from jobs.config import load_config
+from jobs.config import load_config, spark_conf_pairs
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
@@ -26,3 +26,10 @@ def test_unknown_keys_and_bad_toml_name_the_problem(tmp_path):
         load_config(str(path))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(str(tmp_path / "missing.toml"))
+
+
+def test_spark_conf_pairs_split_at_the_first_equals_and_name_a_bad_one():
+    conf = spark_conf_pairs(["spark.driver.extraJavaOptions=-XX:A=1 -XX:+B", "spark.master=local[2]"])
+    assert conf == {"spark.driver.extraJavaOptions": "-XX:A=1 -XX:+B", "spark.master": "local[2]"}
+    with pytest.raises(ValueError, match="'spark.master' is not of the form key=value"):
+        spark_conf_pairs(["spark.master"])
