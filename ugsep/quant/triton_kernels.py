@@ -53,6 +53,12 @@ def _scale_bias(s_ptr, b_ptr, t, ks, rn, N, sst, ssn, sbt, HAS_BIAS: tl.constexp
     return sc, bi
 
 
+@triton.jit
+def _gelu(acc):
+    """Exact (erf) GELU, as F.gelu computes it."""
+    return 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+
+
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUPED", "SPLIT"],
                  reset_to_zero=["y_ptr"], do_bench=_bench_replays)
 @triton.jit
@@ -92,7 +98,7 @@ def _w8a16_bmm_kernel(
         sc, bi = _scale_bias(s_ptr, b_ptr, t, ks, rn, N, sst, ssn, sbt, HAS_BIAS, GROUPED)
     acc = acc * sc[None, :] + bi[None, :]
     if GELU:
-        acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+        acc = _gelu(acc)
     y_ptrs = y_ptr + t * syt + rm[:, None] * sym + rn[None, :] * syn
     if SPLIT > 1:
         tl.atomic_add(y_ptrs, acc, mask=(rm[:, None] < M) & (rn[None, :] < N), sem="relaxed")
@@ -143,15 +149,15 @@ def _w8a16_tma_kernel(
             acc = tl.dot(x, w.T, acc)
     rm = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
+    sc, bi = _scale_bias(s_ptr, b_ptr, t, 0, rn, N, sst, ssn, sbt, HAS_BIAS, False)
     if SWAP:
         rm2, rn2 = rm[None, :], rn[:, None]
+        acc = acc * sc[:, None] + bi[:, None]
     else:
         rm2, rn2 = rm[:, None], rn[None, :]
-    acc *= tl.load(s_ptr + t * sst + rn2 * ssn, mask=rn2 < N, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + t * sbt + rn2, mask=rn2 < N, other=0.0).to(tl.float32)
+        acc = acc * sc[None, :] + bi[None, :]
     if GELU:
-        acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+        acc = _gelu(acc)
     tl.store(y_ptr + t * syt + rm2 * sym + rn2 * syn, acc.to(y_ptr.dtype.element_ty), mask=(rm2 < M) & (rn2 < N))
 
 
