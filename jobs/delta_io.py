@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from features.contracts import TableContract
@@ -49,20 +50,22 @@ def replace_day(df: DataFrame, path: str, ds: str, run_id: str, extra_predicate:
                 known_rows: int | None = None) -> int:
     """Atomically replace the rows of day ``ds`` (and ``extra_predicate``); returns rows written.
 
-    ``replaceWhere`` makes a rerun replace, never append; the commit is tagged with ``run_id``
-    so the row count is read back from this commit even when other days commit concurrently.
+    ``replaceWhere`` makes a rerun replace, never append. The rows are counted as they are written
+    (an observed metric of this write: no read of the table's history afterwards, and commits of
+    other days in between do not matter); the commit is tagged with ``run_id`` for the audit trail.
     ``known_rows=0`` (the caller counted none) skips the write when the table holds no such rows.
     """
     predicate = f"ds = '{ds}'" + (f" AND {extra_predicate}" if extra_predicate else "")
-    if known_rows == 0 and not df.sparkSession.read.format("delta").load(path).where(predicate).limit(1).count():
+    if known_rows == 0 and not _holds_rows(df.sparkSession, path, predicate):
         return 0
-    (df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
-       .option("userMetadata", run_id).save(path))
-    return rows_written(df.sparkSession, path, run_id)
+    written = Observation()
+    (df.observe(written, F.count(F.lit(1)).alias("rows")).write.format("delta").mode("overwrite")
+       .option("replaceWhere", predicate).option("userMetadata", run_id).save(path))
+    return int(written.get["rows"])
 
 
-def rows_written(spark: SparkSession, path: str, run_id: str) -> int:
-    """Rows added by the commit tagged ``run_id``; Delta skips the commit of a no-op write, so none is 0."""
-    hist = DeltaTable.forPath(spark, path).history(100).where(f"userMetadata = '{run_id}'")
-    rows = hist.select("operationMetrics").collect()
-    return int(rows[0][0].get("numOutputRows", 0)) if rows else 0
+def _holds_rows(spark: SparkSession, path: str, predicate: str) -> bool:
+    """Whether the table has rows matching ``predicate``: its file list (partitions and file
+    statistics, no data read) answers most days; only files that may match are read."""
+    rows = spark.read.format("delta").load(path).where(predicate)
+    return bool(rows.inputFiles()) and bool(rows.limit(1).count())

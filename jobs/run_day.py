@@ -6,6 +6,7 @@ from pyspark.sql import SparkSession
 
 from jobs.config import JobConfig, parse_ds
 from jobs.report import SCORE_DISTRIBUTION_KEYS
+from jobs.run_report import report_paths
 from jobs.score_stage import cached_day, run_score_stage
 from jobs.summary import JobSummary
 from jobs.user_stage import run_user_stage
@@ -30,4 +31,5 @@ def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool 
         seconds={**{f"user-stage/{k}": v for k, v in user["seconds"].items()},
                  **{f"score-stage/{k}": v for k, v in score["seconds"].items()}},
     )
-    return summary.emit(cfg.summary_path("run", ds), {k: score[k] for k in SCORE_DISTRIBUTION_KEYS})
+    return summary.emit(cfg.summary_path("run", ds), {k: score[k] for k in SCORE_DISTRIBUTION_KEYS},
+                        drawn_png=report_paths(cfg.summary_path("score-stage", ds))[1])

@@ -46,12 +46,13 @@ class JobSummary:
         d[f"{self.unit}_per_s"] = round(self.rows_in / self.total_seconds, 1) if self.total_seconds else 0.0
         return d
 
-    def emit(self, path: Path, scores: dict | None = None) -> dict:
+    def emit(self, path: Path, scores: dict | None = None, drawn_png: Path | None = None) -> dict:
         """Write the summary JSON at ``path`` and the run report next to it; print one line.
-        ``scores``: the day's score distribution (``jobs.report.observe_score_distribution``) for scoring jobs."""
+        ``scores``: the day's score distribution (``jobs.report.observe_score_distribution``) for scoring jobs;
+        ``drawn_png``: its histogram as another job of the run drew it."""
         d = {**self.to_dict(), **(scores or {})}
         path.parent.mkdir(parents=True, exist_ok=True)
-        report = write_report(d, path)
+        report = write_report(d, path, drawn_png)
         path.write_text(json.dumps(d, indent=2))  # last: backfill takes the JSON as the mark of a finished day
         print(f"{self.job} ds={self.ds} rows_in={self.rows_in} rows_out={self.rows_out} "
               f"quarantined={self.rows_quarantined} users={self.users} seconds={self.total_seconds} "

@@ -7,6 +7,7 @@ pytestmark = pytest.mark.spark
 
 def test_replace_day_and_the_empty_write_shortcut(spark, tmp_path):
     from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
 
     from features.contracts import QUARANTINE
     from jobs.delta_io import ensure_table, replace_day
@@ -19,6 +20,10 @@ def test_replace_day_and_the_empty_write_shortcut(spark, tmp_path):
     count = lambda: spark.read.format("delta").load(path).where("ds = '2026-01-02' AND stage = 'user'").count()
 
     assert replace_day(rows(3), path, "2026-01-02", "run-a", "stage = 'user'") == 3
+    # the count is of this write, and the commit carries the run id
+    assert replace_day(rows(1).withColumn("ds", F.lit("2026-01-03")), path, "2026-01-03", "run-x") == 1
+    tags = {r[0] for r in DeltaTable.forPath(spark, path).history().select("userMetadata").collect()}
+    assert {"run-a", "run-x"} <= tags
     assert replace_day(rows(2), path, "2026-01-02", "run-b", "stage = 'user'") == 2 and count() == 2
     # nothing to write, but old rows to remove: the write happens and the day ends empty
     before = commits()
