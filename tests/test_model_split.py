@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_model
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ugsep.data.ranking_data import batch_tensors
@@ -27,6 +27,7 @@ def test_split_equals_full_forward(small_day, pool, compensation):
 
 
 @settings(max_examples=15, deadline=None)
+@example(seed=4929, tokens=(1, 1), layers=3, pool="group")  # |logit| ~7.9: 1.0014e-5 apart in float32
 @given(
     seed=st.integers(0, 10_000),
     tokens=st.sampled_from([(1, 1), (2, 2), (4, 4), (6, 2), (2, 6)]),
@@ -41,8 +42,10 @@ def test_split_equals_full_random_models(small_day, seed, tokens, layers, pool):
     users, items, idx, _ = batch_tensors(small_day, sel)
     with torch.no_grad():
         state = UserState.from_flat(model.encode_users(users).to_flat(), model.state_layout)
+        # the two paths sum in different orders: float32 rounding grows with the logit, so the
+        # bound is 1e-5 plus a few float32 ulps (eps 1.2e-7) of the logit's magnitude
         torch.testing.assert_close(model.score_groups(state, items, idx), model(users, items, idx),
-                                   rtol=0, atol=1e-5)
+                                   rtol=1e-6, atol=1e-5)
 
 
 def _final_user_tokens(model, data, shuffle_items: bool):
