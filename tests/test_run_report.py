@@ -112,9 +112,10 @@ def test_emit_writes_json_report_and_png_side_by_side(tmp_path, rng, capsys):
 def test_emit_reuses_a_png_drawn_for_the_same_histogram(tmp_path, rng):
     """`ugsep run` reports the score stage's histogram again: its PNG is copied, not drawn again."""
     dist = a_distribution(rng)
-    score_json, run_json = tmp_path / "score-stage_2026-11-01.json", tmp_path / "run_2026-11-01.json"
-    a_summary().emit(score_json, dist)
-    drawn = report_paths(score_json)[1]
+    drawn = tmp_path / "drawn_before.png"
+    # a title no report would draw: a fresh draw of the same histogram would not match these bytes
+    draw_histogram(dist["score_histogram"], drawn, "drawn before, elsewhere")
+    run_json = tmp_path / "run_2026-11-01.json"
     a_summary("run").emit(run_json, dist, drawn_png=drawn)
     md_path, png_path = report_paths(run_json)
     assert png_path.read_bytes() == drawn.read_bytes()
