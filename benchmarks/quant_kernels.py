@@ -69,35 +69,37 @@ def main() -> None:
             print(f"{name:>5} {m:>5} {r['bf16_us']:>9.1f} {r['w8a16_us']:>9.1f} {r['speedup']:>7.2f}x "
                   f"{gbps:>7.0f} {r['pct_peak']:>6.0f}%")
 
-    print(f"\nitem side, T_g={t // 2} positions, K={d} N={h}, TFLOP/s. bf16: per-position addmm with the bias "
-          f"in the epilogue (what PerTokenLinear runs from {ADDMM_MIN_ROWS} rows) and bmm without bias. "
-          f"FP8 (ugsep.quant.fp8.fp8_bmm, bias included): with the row quantization, and on rows already "
-          f"quantized, as the fused item side runs it (its LayerNorm and GELU kernels write FP8 rows)")
-    print(f"{'M':>6} {'bf16 addmm':>11} {'bf16 bmm':>9} {'fp8+quant':>10} {'fp8':>6} {'vs addmm':>9} {'vs bmm':>7}")
     tg = t // 2
-    w = torch.randn(tg, d, h, device="cuda") / d**0.5
-    wb = w.bfloat16()
-    wq, ws = quantize_fp8_weight(w)
-    wq_t = wq.transpose(1, 2).contiguous()  # (T, N, K): column-major B for _scaled_mm
-    bias = torch.zeros(tg, h, device="cuda", dtype=torch.bfloat16)
+    print(f"\nitem side, T_g={tg} positions, TFLOP/s. bf16: per-position addmm with the bias in the epilogue "
+          f"(what PerTokenLinear runs from {ADDMM_MIN_ROWS} rows) and bmm without bias. FP8 "
+          f"(ugsep.quant.fp8.fp8_bmm, bias included): with the row quantization, and on rows already quantized, "
+          f"as the fused item side runs it (its LayerNorm and GELU kernels write FP8 rows)")
+    print(f"{'layer':>5} {'M':>6} {'bf16 addmm':>11} {'bf16 bmm':>9} {'fp8+quant':>10} {'fp8':>6} {'vs addmm':>9} "
+          f"{'vs bmm':>7}")
     fp8_rows = []
-    for m in (8192, 16384, 32768, 65536):
-        x = torch.randn(tg, m, d, device="cuda", dtype=torch.bfloat16)
-        x_fp8 = fp8_quantize_rows(x)
-        fp8_bmm(x, wq_t, ws, bias)
-        t_model = bench(lambda: per_position_addmm(x, wb, bias), 20, 200)
-        t_bmm = bench(lambda: torch.bmm(x, wb), 20, 200)  # bf16 without the bias: its fastest form
-        t_fp8q = bench(lambda: fp8_bmm(x, wq_t, ws, bias), 20, 200)
-        t_fp8 = bench(lambda: fp8_bmm(None, wq_t, ws, bias, x_fp8), 20, 200)
-        tf = lambda ms: 2 * tg * m * d * h / ms / 1e9
-        r = {"M": m, "bf16_addmm_tflops": tf(t_model), "bf16_bmm_tflops": tf(t_bmm),
-             "fp8_with_quant_tflops": tf(t_fp8q), "fp8_tflops": tf(t_fp8),
-             "speedup": t_model / t_fp8, "speedup_vs_bmm": t_bmm / t_fp8,
-             "speedup_with_quant": t_model / t_fp8q}
-        fp8_rows.append(r)
-        print(f"{m:>6} {r['bf16_addmm_tflops']:>11.0f} {r['bf16_bmm_tflops']:>9.0f} "
-              f"{r['fp8_with_quant_tflops']:>10.0f} {r['fp8_tflops']:>6.0f} "
-              f"{r['speedup']:>8.2f}x {r['speedup_vs_bmm']:>6.2f}x")
+    for name, k, n in (("fc1", d, h), ("fc2", h, d)):
+        w = torch.randn(tg, k, n, device="cuda") / k**0.5
+        wb = w.bfloat16()
+        wq, ws = quantize_fp8_weight(w)
+        wq_t = wq.transpose(1, 2).contiguous()  # (T, N, K): column-major B for _scaled_mm
+        bias = torch.zeros(tg, n, device="cuda", dtype=torch.bfloat16)
+        for m in (8192, 16384, 32768, 65536):
+            x = torch.randn(tg, m, k, device="cuda", dtype=torch.bfloat16)
+            x_fp8 = fp8_quantize_rows(x)
+            fp8_bmm(x, wq_t, ws, bias)
+            t_model = bench(lambda: per_position_addmm(x, wb, bias), 20, 200)
+            t_bmm = bench(lambda: torch.bmm(x, wb), 20, 200)  # bf16 without the bias: its fastest form
+            t_fp8q = bench(lambda: fp8_bmm(x, wq_t, ws, bias), 20, 200)
+            t_fp8 = bench(lambda: fp8_bmm(None, wq_t, ws, bias, x_fp8), 20, 200)
+            tf = lambda ms: 2 * tg * m * k * n / ms / 1e9
+            r = {"layer": name, "M": m, "bf16_addmm_tflops": tf(t_model), "bf16_bmm_tflops": tf(t_bmm),
+                 "fp8_with_quant_tflops": tf(t_fp8q), "fp8_tflops": tf(t_fp8),
+                 "speedup": t_model / t_fp8, "speedup_vs_bmm": t_bmm / t_fp8,
+                 "speedup_with_quant": t_model / t_fp8q}
+            fp8_rows.append(r)
+            print(f"{name:>5} {m:>6} {r['bf16_addmm_tflops']:>11.0f} {r['bf16_bmm_tflops']:>9.0f} "
+                  f"{r['fp8_with_quant_tflops']:>10.0f} {r['fp8_tflops']:>6.0f} "
+                  f"{r['speedup']:>8.2f}x {r['speedup_vs_bmm']:>6.2f}x")
     if a.json:
         print(json.dumps({"device": torch.cuda.get_device_name(), "w8a16": rows, "fp8": fp8_rows}))
 
