@@ -40,13 +40,14 @@ def main() -> None:
     bench = (lambda fn, warmup, rep: do_bench(fn, warmup=warmup, rep=rep)) if a.eager else \
         (lambda fn, warmup, rep: do_bench_cudagraph(fn, rep=rep))
     t, d, h = a.tokens, a.d_model, a.mult * a.d_model
+    layers = (("fc1", d, h), ("fc2", h, d))  # the per-token FFN's two products: (name, K, N)
     peak = peak_bandwidth()
     print(f"{torch.cuda.get_device_name()}  peak {peak:.0f} GB/s  T={t} D={d} hidden={h}  "
           f"timing: {'eager launches' if a.eager else 'CUDA graph replays'}; W8A16 and bf16 weights read from HBM "
           f"(rotating over copies that add up to 3x the L2 cache)")
     rows = []
     print(f"{'layer':>5} {'M':>5} {'bf16 us':>9} {'w8a16 us':>9} {'speedup':>8} {'GB/s':>7} {'% peak':>7}")
-    for name, k, n in (("fc1", d, h), ("fc2", h, d)):
+    for name, k, n in layers:
         w = torch.randn(t, k, n, device="cuda") / k**0.5
         wb = w.bfloat16()
         q, s = quantize_int8(w)
@@ -77,7 +78,7 @@ def main() -> None:
     print(f"{'layer':>5} {'M':>6} {'bf16 addmm':>11} {'bf16 bmm':>9} {'fp8+quant':>10} {'fp8':>6} {'vs addmm':>9} "
           f"{'vs bmm':>7}")
     fp8_rows = []
-    for name, k, n in (("fc1", d, h), ("fc2", h, d)):
+    for name, k, n in layers:
         w = torch.randn(tg, k, n, device="cuda") / k**0.5
         wb = w.bfloat16()
         wq, ws = quantize_fp8_weight(w)
