@@ -13,6 +13,8 @@ import argparse
 import json
 
 import torch
+import triton
+import triton.language as tl
 from triton.testing import do_bench, do_bench_cudagraph
 
 from ugsep.layers import ADDMM_MIN_ROWS, per_position_addmm
@@ -26,6 +28,23 @@ PEAK_GBPS = {"H100": 3350.0, "H200": 4800.0}
 def peak_bandwidth() -> float:
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_GBPS.items() if k in name), 3350.0)
+
+
+@triton.jit
+def _stream_read(p, out, n, BLOCK: tl.constexpr):
+    """Read n int32 words and keep one xor per program: a kernel that only streams bytes from HBM."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out + tl.program_id(0), tl.xor_sum(tl.load(p + offs, mask=offs < n, other=0), axis=0))
+
+
+def stream_read_ms(bufs: list[torch.Tensor], bench) -> float:
+    """Time to read one of bufs (int8, same size) with _stream_read: the ceiling for any kernel that
+    must read that many bytes, fixed launch and ramp costs included."""
+    words = [b.reshape(-1).view(torch.int32) for b in bufs]
+    n, block = words[0].numel(), 2048
+    out = torch.empty(triton.cdiv(n, block), device=words[0].device, dtype=torch.int32)
+    return bench(lambda: [_stream_read[(triton.cdiv(n, block),)](w, out, n, BLOCK=block) for w in words],
+                 50, 300) / len(words)
 
 
 def main() -> None:
@@ -46,7 +65,10 @@ def main() -> None:
           f"timing: {'eager launches' if a.eager else 'CUDA graph replays'}; W8A16 and bf16 weights read from HBM "
           f"(rotating over copies that add up to 3x the L2 cache)")
     rows = []
-    print(f"{'layer':>5} {'M':>5} {'bf16 us':>9} {'w8a16 us':>9} {'speedup':>8} {'GB/s':>7} {'% peak':>7}")
+    print("read us: a kernel that only reads the int8 weights (as many bytes as W8A16 moves at 1 row); "
+          "% read: that time over W8A16's")
+    print(f"{'layer':>5} {'M':>5} {'bf16 us':>9} {'w8a16 us':>9} {'speedup':>8} {'GB/s':>7} {'% peak':>7} "
+          f"{'read us':>8} {'% read':>7}")
     for name, k, n in layers:
         w = torch.randn(t, k, n, device="cuda") / k**0.5
         wb = w.bfloat16()
@@ -57,6 +79,7 @@ def main() -> None:
         # runs the product once per weight copy, so every product reads its weights from HBM
         copies = -(-3 * torch.cuda.get_device_properties().L2_cache_size // q.numel())
         qts, wbs = [qt.clone() for _ in range(copies)], [wb.clone() for _ in range(copies)]
+        t_read = stream_read_ms([q_.transpose(1, 2) for q_ in qts], bench)
         for m in (1, 8, 64, 256, 1024):
             x = torch.randn(m, t, k, device="cuda", dtype=torch.bfloat16).transpose(0, 1)  # (T, M, K) strided
             w8a16_bmm(x, qt, s, bias)  # autotune outside the graph capture
@@ -65,10 +88,11 @@ def main() -> None:
             moved = t * (k * n + 4 * n + 2 * m * k + 2 * m * n + 2 * n)
             gbps = moved / (t_q * 1e-3) / 1e9
             r = {"layer": name, "M": m, "bf16_us": t_bf16 * 1e3, "w8a16_us": t_q * 1e3,
-                 "speedup": t_bf16 / t_q, "gbps": gbps, "pct_peak": 100 * gbps / peak}
+                 "speedup": t_bf16 / t_q, "gbps": gbps, "pct_peak": 100 * gbps / peak,
+                 "read_us": t_read * 1e3, "pct_read": 100 * t_read / t_q}
             rows.append(r)
             print(f"{name:>5} {m:>5} {r['bf16_us']:>9.1f} {r['w8a16_us']:>9.1f} {r['speedup']:>7.2f}x "
-                  f"{gbps:>7.0f} {r['pct_peak']:>6.0f}%")
+                  f"{gbps:>7.0f} {r['pct_peak']:>6.0f}% {r['read_us']:>8.1f} {r['pct_read']:>6.0f}%")
 
     tg = t // 2
     print(f"\nitem side, T_g={tg} positions, TFLOP/s. bf16: per-position addmm with the bias in the epilogue "
