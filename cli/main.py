@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("features", help="Feast repository commands",
                        description="Register the ugsep Feast objects (entity user, feature views).")
     f.add_argument("action", choices=("apply",))
-    f.add_argument("--config", default="job.toml")
+    f.add_argument("--config", default="job.toml", help="job config (TOML); default: ./job.toml")
     f.add_argument("--redis", help="host:port of a Redis online store (default: SQLite, or $UGSEP_REDIS)")
     f.set_defaults(func=cmd_features)
 
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--end", required=True, help="last day, YYYY-MM-DD (inclusive)")
     b.add_argument("--parallel", type=int, default=1, help="days run at once in one Spark session")
     b.add_argument("--skip-done", action="store_true", help="skip days whose run is complete for this model")
-    b.add_argument("--config", default="job.toml")
+    b.add_argument("--config", default="job.toml", help="job config (TOML); default: ./job.toml")
     b.set_defaults(func=cmd_backfill)
 
     o = sub.add_parser("serve-score", help="score one user's candidates online from the feature store",
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "user's features) and score the candidates in --items; prints JSON.")
     o.add_argument("--user-id", type=int, required=True)
     o.add_argument("--items", required=True, help="JSON file: a list of candidate objects with item fields")
-    o.add_argument("--config", default="job.toml")
+    o.add_argument("--config", default="job.toml", help="job config (TOML); default: ./job.toml")
     o.add_argument("--model", help="checkpoint directory (overrides the config's model)")
     o.add_argument("--redis", help="host:port of a Redis online store (default: SQLite, or $UGSEP_REDIS)")
     o.set_defaults(func=cmd_serve_score)

@@ -72,12 +72,12 @@ def load_config(path: str | None, **overrides: Any) -> JobConfig:
     return JobConfig(**raw)
 
 
-def parse_ds(ds: str) -> str:
-    """Validate a YYYY-MM-DD partition date; returns it unchanged."""
+def parse_ds(ds: str, flag: str = "--ds") -> str:
+    """Validate a YYYY-MM-DD partition date; returns it unchanged. ``flag`` names it in the error."""
     try:
         dt.date.fromisoformat(ds)
         if len(ds) != 10:
             raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f"--ds {ds!r} is not a date of the form YYYY-MM-DD") from None
+        raise ValueError(f"{flag} {ds!r} is not a date of the form YYYY-MM-DD") from None
     return ds

@@ -39,20 +39,35 @@ DELTA_SETTINGS = {
 }
 
 
+def _local_defaults(submitted: bool) -> dict[str, str]:
+    """LOCAL_DEFAULTS, less what spark-submit already set; none when it submitted to a cluster.
+    (Settings given to the builder override the submitted ones, so they must not all be given.)"""
+    if not submitted:
+        return LOCAL_DEFAULTS
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # connect to spark-submit's JVM, as getOrCreate would
+    given = SparkConf()  # its --master, --conf and defaults file, read from the JVM
+    if not given.get("spark.master", "local").startswith("local"):
+        return {}
+    return {k: v for k, v in LOCAL_DEFAULTS.items() if not given.contains(k)}
+
+
 def build_spark(app_name: str = "ugsep", conf: dict[str, Any] | None = None) -> SparkSession:
-    """Get or create the session. Under spark-submit the master and jars come from there."""
+    """Get or create the session. Under spark-submit the master, jars and settings come from
+    there; the job config's `conf` still overrides them."""
     from delta import configure_spark_with_delta_pip
 
     conf = {k: str(v) for k, v in (conf or {}).items()}
     builder = SparkSession.builder.appName(app_name)
-    submitted = "SPARK_SUBMIT" in os.environ or os.environ.get("PYSPARK_SUBMIT_ARGS")
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM and this driver
     if not submitted and "spark.master" not in conf:
         builder = builder.master("local[*]")
     # Python workers run this interpreter (the venv's) unless the environment says otherwise.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    for k, v in {**LOCAL_DEFAULTS, **DELTA_SETTINGS, **conf}.items():
+    for k, v in {**_local_defaults(submitted), **DELTA_SETTINGS, **conf}.items():
         builder = builder.config(k, v)
-    if "spark.jars.packages" not in conf:
+    if not submitted and "spark.jars.packages" not in conf:
         builder = configure_spark_with_delta_pip(builder)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(conf.get("ugsep.log_level", "WARN"))

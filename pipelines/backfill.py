@@ -8,14 +8,14 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from jobs.config import JobConfig, parse_ds
 
 
 def day_range(start: str, end: str) -> list[str]:
-    a, b = dt.date.fromisoformat(parse_ds(start)), dt.date.fromisoformat(parse_ds(end))
+    a, b = dt.date.fromisoformat(parse_ds(start, "--start")), dt.date.fromisoformat(parse_ds(end, "--end"))
     if b < a:
         raise ValueError(f"--end {end} is before --start {start}")
     return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
@@ -49,7 +49,10 @@ class BackfillReport:
 
 def backfill(days: list[str], run_day: Callable[[str], dict], is_done: Callable[[str], bool] = lambda d: False,
              parallel: int = 1) -> BackfillReport:
-    """Run ``run_day(ds)`` for each day; after the first failure no new day starts."""
+    """Run ``run_day(ds)`` for each day, ``parallel`` at a time (a new day starts as soon as one
+    ends); after the first failure no new day starts."""
+    if parallel < 1:
+        raise ValueError(f"--parallel must be at least 1, got {parallel}")
     report = BackfillReport()
     todo = []
     for ds in days:
@@ -62,7 +65,7 @@ def backfill(days: list[str], run_day: Callable[[str], dict], is_done: Callable[
         eta = (time.perf_counter() - t0) / finished * left if finished else float("nan")
         print(f"[backfill] {finished}/{len(todo)} days done, {left} left, ETA {eta:,.0f}s", file=sys.stderr, flush=True)
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
         pending, queue = {}, list(todo)
         while queue or pending:
             while queue and len(pending) < parallel and not report.failed:
@@ -70,7 +73,7 @@ def backfill(days: list[str], run_day: Callable[[str], dict], is_done: Callable[
                 pending[pool.submit(run_day, ds)] = ds
             if not pending:
                 break
-            finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 ds = pending.pop(fut)
                 if fut.exception() is not None:

@@ -18,8 +18,10 @@ def test_day_range_and_its_errors():
     assert day_range("2026-02-27", "2026-03-01") == ["2026-02-27", "2026-02-28", "2026-03-01"]
     with pytest.raises(ValueError, match="before"):
         day_range("2026-03-02", "2026-03-01")
-    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+    with pytest.raises(ValueError, match="--start '2026-3-1' is not a date of the form YYYY-MM-DD"):
         day_range("2026-3-1", "2026-03-02")
+    with pytest.raises(ValueError, match="--end '2026-13-01' is not a date"):
+        day_range("2026-03-01", "2026-13-01")
 
 
 def test_backfill_runs_in_order_and_stops_after_a_failure():
@@ -51,6 +53,25 @@ def test_backfill_skips_done_days_and_runs_in_parallel():
     report = backfill([f"d{i}" for i in range(6)], run, is_done=lambda ds: ds == "d0", parallel=3)
     assert report.skipped == ["d0"] and report.done == [f"d{i}" for i in range(1, 6)] and report.ok
     assert peak[0] == 3
+
+
+def test_backfill_starts_a_day_as_soon_as_one_ends():
+    """With two at a time, a long day must not hold back the short ones queued behind it."""
+    t0, started = time.perf_counter(), {}
+
+    def run(ds):
+        started[ds] = time.perf_counter() - t0
+        time.sleep(1.0 if ds == "long" else 0.05)
+        return {}
+
+    report = backfill(["long", "s1", "s2", "s3"], run, parallel=2)
+    assert report.ok and sorted(report.done) == ["long", "s1", "s2", "s3"]
+    assert started["s3"] < 0.6, started  # lockstep waiting would start it after "long", at 1.0 s
+
+
+def test_backfill_refuses_a_parallel_below_one():
+    with pytest.raises(ValueError, match="--parallel must be at least 1, got 0"):
+        backfill(["d1"], lambda ds: {}, parallel=0)
 
 
 def _ugsep(*args, env=None, check=True):
