@@ -65,14 +65,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_backfill(a: argparse.Namespace) -> int:
-    from jobs.config import load_config
+    from jobs.config import load_config, spark_conf_pairs
     from jobs.run_day import run_day
     from jobs.spark_session import build_spark
     from pipelines.backfill import backfill, day_is_done, day_range
     from ugsep.checkpoint import read_config
 
     days = day_range(a.start, a.end)  # fails before Spark starts
-    cfg = load_config(a.config)
+    cfg = load_config(a.config, model=a.model)
+    cfg.spark.update(spark_conf_pairs(a.conf or []))
     version = read_config(cfg.model)["model_version"]
     spark = build_spark("ugsep-backfill", cfg.spark)
     report = backfill(days, lambda ds: run_day(spark, cfg, ds), parallel=a.parallel,
@@ -321,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--parallel", type=int, default=1, help="days run at once in one Spark session")
     b.add_argument("--skip-done", action="store_true", help="skip days whose run is complete for this model")
     b.add_argument("--config", default="job.toml", help="job config (TOML); default: ./job.toml")
+    b.add_argument("--model", help="checkpoint directory (overrides the config's model)")
+    b.add_argument("--conf", action="append", metavar="KEY=VALUE",
+                   help="extra Spark setting, e.g. --conf spark.master=local[4] (repeatable)")
     b.set_defaults(func=cmd_backfill)
 
     o = sub.add_parser("serve-score", help="score one user's candidates online from the feature store",

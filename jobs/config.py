@@ -15,9 +15,8 @@ from features.contracts import TableContract
 @dataclass
 class JobConfig:
     warehouse: str = "warehouse"  # Delta tables live in <warehouse>/<table>
-    model: str = "runs/model"  # checkpoint directory (ugsep train --out)
-    quantized_model: str = ""  # optional quantized checkpoint for the score stage
-    users_per_batch: int = 256  # user stage: users per Arrow batch (= users per model call)
+    model: str = "runs/model"  # checkpoint directory (ugsep train --out, or ugsep quantize --out)
+    users_per_batch: int = 256  # user stage: users per model call
     max_candidates_per_call: int = 4096  # score stage: candidates per model call (whole users), at most this
     partitions: int = 0  # partitions for the model stages; 0 = Spark's default parallelism
     device: str = "auto"  # "auto": the GPU Spark assigned, else CUDA if visible, else CPU
@@ -34,7 +33,7 @@ class JobConfig:
         return Path(self.warehouse).resolve() / "_summaries" / f"{job}_{ds}.json"
 
 
-PATH_KEYS = ("warehouse", "model", "quantized_model")
+PATH_KEYS = ("warehouse", "model")
 
 
 def spark_conf_pairs(pairs: list[str]) -> dict[str, str]:

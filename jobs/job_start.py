@@ -27,8 +27,10 @@ class JobStart:
 def start_job(spark: SparkSession, job: str, ds: str, ckpt: str, outputs: list[tuple[TableContract, str]],
               unit: str = "candidates") -> JobStart:
     ds = parse_ds(ds)
-    model, version = load_checkpoint(ckpt)
-    for contract, path in outputs:
-        ensure_table(spark, contract, path)
-    return JobStart(ds, model, version, JobSummary(job, ds, unit=unit, model_version=version),
-                    f"{job}-{ds}-{uuid.uuid4().hex[:8]}")
+    summary = JobSummary(job, ds, unit=unit)
+    with summary.timed("start"):  # counted in the job's seconds and throughput like any step
+        model, version = load_checkpoint(ckpt)
+        for contract, path in outputs:
+            ensure_table(spark, contract, path)
+    summary.model_version = version
+    return JobStart(ds, model, version, summary, f"{job}-{ds}-{uuid.uuid4().hex[:8]}")

@@ -23,7 +23,7 @@ def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool 
         score = run_score_stage(spark, cfg, ds, compute_missing=compute_missing, day=day)
     summary = JobSummary(
         "run", ds, model_version=score["model_version"], rows_in=score["rows_in"], rows_out=score["rows_out"],
-        rows_quarantined=user["rows_quarantined"] + score["rows_quarantined"], users=score["users"],
+        rows_quarantined=score["rows_quarantined"], users_quarantined=user["rows_quarantined"], users=score["users"],
         quarantine_reasons={**{f"user:{k}": v for k, v in user["quarantine_reasons"].items()},
                             **{f"score:{k}": v for k, v in score["quarantine_reasons"].items()}},
         unknown_categorical={**user["unknown_categorical"], **score["unknown_categorical"]},

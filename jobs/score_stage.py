@@ -14,7 +14,7 @@ from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, US
 from jobs.config import JobConfig
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import JobStart, start_job
-from jobs.model_stage import ARROW_BATCH_ROWS, map_in_arrow_with_model
+from jobs.model_stage import map_in_arrow_with_model
 from jobs.report import observe_score_distribution
 from jobs.validation import (
     REASON,
@@ -137,16 +137,21 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
         check_state_version(state, version, ds)
         # counted on the per-user counts, not the candidates: the state flag joins 20k rows, not 2M
         users, cands = with_state_flag(day.per_user, state), day.candidates
-        if compute_missing:  # users to encode here need valid user features, like in the user stage
+        counts = tally_per_user(users, spec.item_fields)
+        if counts.stateless_users:
+            # users without state whose features are missing or bad were quarantined by the user
+            # stage: their candidates are quarantined with the same reason. The rest need the
+            # user stage, or --compute-missing (encoded here from their features).
             feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
             users = with_reasons_of_stateless_users(users, feats, spec)
             cands = with_reasons_of_stateless_users(with_state_flag(cands, state), feats, spec)
-        counts = tally_per_user(users, spec.item_fields)
+            counts = tally_per_user(users, spec.item_fields)
         if counts.stateless_users and not compute_missing:
             sample = [r[0] for r in users.where(F.col(REASON).isNull() & F.col("_has_state").isNull())
                       .select("user_id").limit(5).collect()]
-            raise UserStateError(f"{counts.stateless_users} users of ds={ds} have no user_state (e.g. {sample}); "
-                                 "run `ugsep user-stage` for this ds first, or pass --compute-missing")
+            raise UserStateError(f"{counts.stateless_users} users of ds={ds} have valid features but no user_state "
+                                 f"(e.g. {sample}); run `ugsep user-stage` for this ds first, or pass "
+                                 "--compute-missing")
         summary.rows_in, summary.users = counts.rows, counts.users
         summary.quarantine_reasons, summary.unknown_categorical = counts.reasons, counts.unknown_categorical
         summary.users_computed_on_the_fly = counts.stateless_users
@@ -159,11 +164,9 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
         user_cols = non_key_columns(spec.user_fields, "user_id") if counts.stateless_users else []
         rows = user_ordered_rows(good, state).select(
             "user_id", "state", *[f.name for f in spec.item_fields], *user_cols)
+        # the worker cuts the Arrow batches into model calls of whole users
         worker = partial(score_user_rows, max_candidates=cfg.max_candidates_per_call)
-        # Arrow batches of at least Spark's default size (fewer, larger transfers: 4096-row batches
-        # cost ~5% more CPU); the worker cuts them into model calls of whole users
-        batch_rows = max(cfg.max_candidates_per_call, ARROW_BATCH_ROWS)
-        scores = map_in_arrow_with_model(rows, worker, SCORE_SCHEMA, cfg, cfg.model, batch_rows).select(
+        scores = map_in_arrow_with_model(rows, worker, SCORE_SCHEMA, cfg, cfg.model).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         scores, distribution = observe_score_distribution(scores)
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)

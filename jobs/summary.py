@@ -20,7 +20,8 @@ class JobSummary:
     model_version: str = ""
     rows_in: int = 0
     rows_out: int = 0
-    rows_quarantined: int = 0
+    rows_quarantined: int = 0  # of rows_in's unit
+    users_quarantined: int = 0  # `run`: users the user stage quarantined (their candidates are in rows_quarantined)
     users: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     unknown_categorical: dict[str, int] = field(default_factory=dict)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -24,10 +26,11 @@ def day_users(candidates: DataFrame, user_features: DataFrame, spec: FeatureSpec
 
 
 def encode_users_df(users: DataFrame, cfg: JobConfig, ckpt: str) -> DataFrame:
-    """(user_id, user fields) -> (user_id, state) through the encode worker, users clustered by id."""
+    """(user_id, user fields) -> (user_id, state) through the encode worker, users clustered by id,
+    ``users_per_batch`` users a model call."""
     parts = cfg.partitions or users.sparkSession.sparkContext.defaultParallelism
-    return map_in_arrow_with_model(users.repartition(parts, "user_id"), encode_user_batches,
-                                   STATE_SCHEMA, cfg, ckpt, cfg.users_per_batch)
+    worker = partial(encode_user_batches, users_per_call=cfg.users_per_batch)
+    return map_in_arrow_with_model(users.repartition(parts, "user_id"), worker, STATE_SCHEMA, cfg, ckpt)
 
 
 def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: DataFrame | None = None) -> dict:

@@ -20,8 +20,14 @@ def first_failure(checks: list[tuple[Column, str | Column]]) -> Column:
 
 
 def dense_checks(fields: tuple[Field, ...]) -> list[tuple[Column, str]]:
-    return [(F.isnan(F.col(f.name)) | (F.abs(F.col(f.name)) == float("inf")), f"non_finite_{f.name}")
-            for f in fields if f.kind == FieldKind.DENSE]
+    """A dense value must be there and finite: the model has no meaning for null, NaN or inf."""
+    checks = []
+    for f in fields:
+        if f.kind == FieldKind.DENSE:
+            c = F.col(f.name)
+            checks += [(c.isNull(), f"null_{f.name}"),
+                       (F.isnan(c) | (F.abs(c) == float("inf")), f"non_finite_{f.name}")]
+    return checks
 
 
 def tag_user_rows(df: DataFrame, spec: FeatureSpec) -> DataFrame:

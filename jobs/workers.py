@@ -54,17 +54,19 @@ def fail_once(marker: str) -> None:
 
 
 def encode_user_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
-                        fail_marker: str = "") -> Iterator[pa.RecordBatch]:
-    """(user_id, user fields) batches -> (user_id, state) batches."""
+                        fail_marker: str = "", users_per_call: int = 0) -> Iterator[pa.RecordBatch]:
+    """(user_id, user fields) batches -> (user_id, state) batches, one model call per
+    ``users_per_call`` users (0: per batch), whatever size the batches come in."""
     model, _ = cached_model(ckpt, device)
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        users = to_tensors(field_columns(_columns(batch), model.spec.user_fields), device)
-        with torch.inference_mode():
-            state = model.encode_users(users).to_flat().float().cpu().numpy()
-        yield pa.RecordBatch.from_arrays([batch.column("user_id"), list_column(state)], schema=STATE_SCHEMA)
-        fail_once(fail_marker)
+    for whole in batches:
+        step = users_per_call or whole.num_rows
+        for start in range(0, whole.num_rows, max(step, 1)):
+            batch = whole.slice(start, step)
+            users = to_tensors(field_columns(_columns(batch), model.spec.user_fields), device)
+            with torch.inference_mode():
+                state = model.encode_users(users).to_flat().float().cpu().numpy()
+            yield pa.RecordBatch.from_arrays([batch.column("user_id"), list_column(state)], schema=STATE_SCHEMA)
+            fail_once(fail_marker)
 
 
 def user_starts(user_ids: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ def day_is_done(cfg: JobConfig, ds: str, model_version: str) -> bool:
     if not path.exists():
         return False
     s = json.loads(path.read_text())
-    return s.get("model_version") == model_version and s["rows_out"] + s["rows_quarantined"] >= s["rows_in"]
+    return s.get("model_version") == model_version and s["rows_out"] + s["rows_quarantined"] == s["rows_in"]
 
 
 @dataclass

@@ -8,12 +8,12 @@ from jobs.config import load_config, spark_conf_pairs
 def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     (tmp_path / "conf").mkdir()
     path = tmp_path / "conf" / "job.toml"
-    path.write_text('warehouse = "wh"\nmodel = "/abs/model"\nquantized_model = "../q"\n')
+    path.write_text('warehouse = "wh"\nmodel = "../q"\n')
     monkeypatch.chdir(tmp_path)  # a scheduler starts jobs from anywhere
-    cfg = load_config(str(path), model="cli/override")
+    cfg = load_config(str(path))
     assert cfg.warehouse == str(tmp_path / "conf" / "wh")
-    assert cfg.quantized_model == str(tmp_path / "conf" / "../q")
-    assert cfg.model == "cli/override"  # command-line overrides stay as given
+    assert cfg.model == str(tmp_path / "conf" / "../q")
+    assert load_config(str(path), model="cli/override").model == "cli/override"  # command-line overrides stay as given
 
 
 def test_unknown_keys_and_bad_toml_name_the_problem(tmp_path):

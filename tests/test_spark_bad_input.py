@@ -32,7 +32,12 @@ def users_rows():
         (2, 4, 1, 6, [], 0.2, NOW),
         (3, 5, 0, 7, [3], float("nan"), NOW),  # bad dense value -> user quarantined
         (4, 6, 3, 8, [4, 5, 6], 2.0, NOW),
+        (6, 1, 1, 2, [2], None, NOW),  # null dense value -> user quarantined
     ]
+
+
+LATE_USER = (5, 2, 1, 4, [2], 0.7, NOW)  # valid features, added after the user stage ran: no state
+LATE_CANDIDATE = (DS, 5, 12, 1.0)
 
 
 def items_rows():
@@ -55,6 +60,7 @@ def candidate_rows():
         (DS, 4, 11, 1.0),
         (DS, 9, 10, 1.0),  # user without features
         (DS, 3, 10, 1.0),  # user whose features hold NaN
+        (DS, 6, 11, 1.0),  # user whose features hold a null
     ]
 
 
@@ -72,20 +78,29 @@ def test_bad_rows_are_quarantined_with_reasons(spark, bad_day):
     from jobs.user_stage import run_user_stage
 
     user = run_user_stage(spark, cfg, DS)
-    assert user["quarantine_reasons"] == {"missing_user_features": 1, "non_finite_activity": 1}
+    assert user["quarantine_reasons"] == {"missing_user_features": 1, "non_finite_activity": 1, "null_activity": 1}
     assert user["rows_out"] == 3  # users 1, 2, 4
-    # users 3 and 9 have no state: the score stage names them unless told to compute them
-    with pytest.raises(UserStateError, match="2 users"):
-        run_score_stage(spark, cfg, DS)
-    summary = run_score_stage(spark, cfg, DS, compute_missing=True)
-    assert summary["quarantine_reasons"] == {
+    reasons = {
         "duplicate_candidate": 1, "null_user_id": 1, "null_item_id": 1,
         "missing_item_features": 1, "non_finite_price": 1,
-        "missing_user_features": 1, "non_finite_activity": 1,  # users 9 and 3 cannot be encoded
+        "missing_user_features": 1, "non_finite_activity": 1, "null_activity": 1,  # users 9, 3, 6: no state
     }
-    assert summary["users_computed_on_the_fly"] == 0
-    assert summary["unknown_categorical"]["category"] == 1
-    assert summary["rows_in"] == len(candidate_rows())
+    # users 9, 3 and 6 have no state because their features are bad: quarantined, the day goes on
+    summary = run_score_stage(spark, cfg, DS)
+    assert summary["quarantine_reasons"] == reasons and summary["users_computed_on_the_fly"] == 0
+    assert summary["rows_out"] + summary["rows_quarantined"] == summary["rows_in"] == len(candidate_rows())
+
+    # a user with valid features but no state is named unless the stage is told to compute it
+    write(spark, cfg, USER_FEATURES, users_rows() + [LATE_USER])
+    write(spark, cfg, CANDIDATES, candidate_rows() + [LATE_CANDIDATE])
+    stateless = r"1 users of ds=2026-10-10 have valid features but no user_state \(e.g. \[5\]\)"
+    with pytest.raises(UserStateError, match=stateless):
+        run_score_stage(spark, cfg, DS)
+    summary = run_score_stage(spark, cfg, DS, compute_missing=True)
+    assert summary["quarantine_reasons"] == reasons
+    assert summary["users_computed_on_the_fly"] == 1
+    assert summary["unknown_categorical"]["category"] == 2  # item 12, for users 1 and 5
+    assert summary["rows_in"] == len(candidate_rows()) + 1
     assert summary["rows_out"] + summary["rows_quarantined"] == summary["rows_in"]  # nothing vanished
     q = spark.read.format("delta").load(cfg.table_path(QUARANTINE)).where(F.col("ds") == DS).toPandas()
     assert set(q["stage"]) == {"user", "score"}
@@ -95,11 +110,11 @@ def test_bad_rows_are_quarantined_with_reasons(spark, bad_day):
     # the surviving scores equal the model on the same rows
     scores = spark.read.format("delta").load(cfg.table_path(SCORES)).where(F.col("ds") == DS).toPandas()
     model = make_model(seed=5)
-    u = {r[0]: r for r in users_rows()}
+    u = {r[0]: r for r in users_rows() + [LATE_USER]}
     it = {r[0]: r for r in items_rows()}
     for row in scores.itertuples():
         ur, ir = u[row.user_id], it[row.item_id]
-        rec = [c[3] for c in candidate_rows() if c[1] == row.user_id and c[2] == row.item_id][0]
+        rec = [c[3] for c in candidate_rows() + [LATE_CANDIDATE] if c[1] == row.user_id and c[2] == row.item_id][0]
         users = to_tensors({"user_id": np.array([ur[0]]), "segment": np.array([ur[1]]),
                             "age_bucket": np.array([ur[2]]), "country": np.array([ur[3]]),
                             "interests": np.array([(ur[4] + [-1] * 5)[:5]]), "activity": np.array([ur[5]])})
@@ -109,6 +124,12 @@ def test_bad_rows_are_quarantined_with_reasons(spark, bad_day):
         with torch.no_grad():
             expected = torch.sigmoid(model(users, items, torch.tensor([0]))).item()
         assert math.isclose(row.score, expected, abs_tol=1e-5)
+
+    # `ugsep run` counts candidates in rows_quarantined and the user stage's users apart
+    run = run_day(spark, cfg, DS)
+    assert run["users_quarantined"] == 3  # users 9, 3, 6 (user 5 now has state)
+    assert run["rows_quarantined"] == sum(reasons.values())
+    assert run["rows_out"] + run["rows_quarantined"] == run["rows_in"]
 
 
 def test_schema_mismatch_fails_before_writing(spark, job_cfg):

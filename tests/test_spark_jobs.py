@@ -122,7 +122,8 @@ def test_killed_worker_is_retried_without_duplicates(spark, day, tmp_path):
 
 def test_missing_state_fails_or_is_computed(spark, day):
     cfg, _, _ = day
-    with pytest.raises(UserStateError, match=r"\d+ users of ds=2026-11-04 have no user_state \(e.g. \["):
+    stateless = r"\d+ users of ds=2026-11-04 have valid features but no user_state \(e.g. \["
+    with pytest.raises(UserStateError, match=stateless):
         run_score_stage(spark, cfg, D4)
     summary = run_score_stage(spark, cfg, D4, compute_missing=True)
     d4_users = len(np.unique(synthetic_tables(D4, USERS, mean_cands=15)[2]["user_id"]))

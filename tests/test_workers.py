@@ -51,6 +51,11 @@ def test_workers_match_model(tmp_path, small_day):
     states = list(encode_user_batches([users.slice(0, 20), users.slice(20)], str(tmp_path)))
     state_col = pa.concat_arrays([b.column("state") for b in states])
     assert len(state_col) == data.n_users
+    # the user stage's model calls are cut to users_per_call, whatever size Spark's batches are
+    per_call = list(encode_user_batches([users], str(tmp_path), users_per_call=7))
+    assert [b.num_rows for b in per_call] == [min(7, data.n_users - s) for s in range(0, data.n_users, 7)]
+    np.testing.assert_allclose(np.stack(pa.concat_arrays([b.column("state") for b in per_call]).to_pylist()),
+                               np.stack(state_col.to_pylist()), rtol=0, atol=1e-5)
 
     # candidate rows in user order, the state on each user's first row: the score stage's stream;
     # Arrow batches may cut a user (user 0 has 1500 rows), the worker regroups whole users
@@ -86,6 +91,29 @@ def test_workers_match_model(tmp_path, small_day):
     bad = rows.set_column(1, "state", pa.array(states_by_row, rows.schema.field("state").type))
     with pytest.raises(RuntimeError, match="malformed"):
         list(score_user_rows([bad], str(tmp_path)))
+
+
+def test_workers_run_a_quantized_checkpoint(tmp_path, small_day):
+    """A job config's ``model`` may be an `ugsep quantize` output: the workers load and run it."""
+    from ugsep.checkpoint import load_checkpoint
+    from ugsep.quant.cli_support import quantize_checkpoint
+
+    save_checkpoint(make_model(seed=2), tmp_path / "float")
+    q = quantize_checkpoint(str(tmp_path / "float"), str(tmp_path / "q"), "w8a16")
+    ckpt = str(tmp_path / "q")
+    data = small_day.take(np.arange(len(small_day)))
+    states = list(encode_user_batches([pa.RecordBatch.from_pydict(_arrow(data.users))], ckpt, users_per_call=16))
+    order = np.argsort(data.user_row, kind="stable")
+    items = {k: v[order] for k, v in data.items.items()}
+    rows = user_rows_batch(data.users["user_id"], pa.concat_arrays([b.column("state") for b in states]), items,
+                           np.bincount(data.user_row, minlength=data.n_users))
+    out = pa.Table.from_batches(list(score_user_rows([rows], ckpt)))
+    model, version = load_checkpoint(ckpt)
+    assert version == q["model_version"] != q["base_model_version"]
+    u, i, idx, _ = batch_tensors(data, order)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(u, i, idx)).numpy()
+    np.testing.assert_allclose(out.column("score").to_numpy(), expected, rtol=0, atol=1e-5)
 
 
 def test_field_columns_layout(small_day):

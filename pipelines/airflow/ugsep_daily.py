@@ -2,7 +2,7 @@
 
 Drop this file into Airflow's ``dags/`` folder. Each task is a ``spark-submit`` of the ugsep CLI
 (``cli/main.py``) with ``--ds {{ ds }}``, so the day scored is the logical date of the run and
-``catchup`` / ``airflow dags backfill`` fill past days. Every job replaces its day, so a retry
+``catchup`` / ``airflow backfill create`` fill past days. Every job replaces its day, so a retry
 or a rerun of a day never duplicates rows.
 
 Settings come from the Airflow Variable ``ugsep`` (JSON; every key optional, defaults below):
