@@ -139,7 +139,7 @@ def cmd_materialize(a: argparse.Namespace) -> int:
     from jobs.materialize import materialize_day
 
     spark, cfg = _spark_job(a)
-    print(json.dumps(materialize_day(spark, cfg, a.ds, redis=a.redis, batch_rows=a.batch_rows)))
+    print(json.dumps(materialize_day(spark, cfg, a.ds, redis=a.redis, batch_rows=a.batch_rows, force=a.force)))
     return 0
 
 
@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
             j.add_argument("--materialize", action="store_true", help="then load the state into the online store")
         if name == "materialize":
             j.add_argument("--batch-rows", type=int, default=20000, help="users per online-store write")
+            j.add_argument("--force", action="store_true",
+                           help="write the day even if the online store holds a later day's user_state")
         if name == "baseline-score":
             j.add_argument("--baseline-model", help="checkpoint for the baseline (default: the config's model)")
         if name == "show":

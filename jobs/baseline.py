@@ -41,7 +41,7 @@ def pack_features(fields: list[Field]) -> Column:
     return F.concat(*[p.cast("array<double>") for p in parts])
 
 
-def make_predict_fn(ckpt: str, device: str, fields: list[Field], n_user: int):
+def make_predict_fn(ckpt: str, device: str, fields: list[Field], n_user: int, version: str = ""):
     def load():
         import torch
         from pyspark import TaskContext
@@ -51,7 +51,7 @@ def make_predict_fn(ckpt: str, device: str, fields: list[Field], n_user: int):
 
         ctx = TaskContext.get()
         torch.set_num_threads(ctx.cpus() if ctx is not None else 1)  # as in the two-stage workers
-        model, _ = cached_model(ckpt, pick_device(device))
+        model, _ = cached_model(ckpt, pick_device(device), version)
         dev = next(model.parameters()).device
         bounds = np.cumsum([0] + [packed_width(f) for f in fields])
 
@@ -79,33 +79,38 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
     path = cfg.table_path(BASELINE_TABLE)
     job = start_job(spark, "baseline-score", ds, ckpt, [(SCORES, path), (QUARANTINE, cfg.table_path(QUARANTINE))])
     ds, spec, version, summary, run_id = job.ds, job.model.spec, job.version, job.summary, job.run_id
-    with summary.timed("read+validate"):
-        cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
-        items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
-        user_cols = non_key_columns(spec.user_fields, "user_id")
-        users = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES)).select("user_id", *user_cols)
-        tagged = day_candidates(cands, items, spec).join(users.withColumn("_ufound", F.lit(True)), "user_id", "left")
-        tagged = tagged.withColumn(REASON, F.coalesce(
-            F.col(REASON), F.when(F.col("_ufound").isNull(), F.lit("missing_user_features")))).persist()
-        counts = tally(tagged, spec.item_fields)
-        summary.rows_in, summary.users, summary.quarantine_reasons = counts.rows, counts.users, counts.reasons
-    with summary.timed("quarantine"):
-        bad = quarantine_rows(tagged, ds, "baseline", list(cands.columns))
-        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'baseline'",
-                                             known_rows=sum(counts.reasons.values()))
-    with summary.timed("score+write"):
-        good = tagged.where(F.col(REASON).isNull())
-        fields = list(spec.user_fields) + list(spec.item_fields)
-        width = sum(packed_width(f) for f in fields)
-        udf = predict_batch_udf(make_predict_fn(ckpt, cfg.device, fields, len(spec.user_fields)),
-                                return_type=FloatType(), batch_size=batch_size, input_tensor_shapes=[[width]])
-        scored = good.select("user_id", "item_id", udf(pack_features(fields)).alias("score"))
-        rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id"))
-        out = scored.select(F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id",
-                            "item_id", "score", rank.cast("int").alias("rank"))
-        out, distribution = observe_score_distribution(out)
-        summary.rows_out = replace_day(out, path, ds, run_id)
-        dist = distribution()
-    tagged.unpersist()
+    tagged = None
+    try:
+        with summary.timed("read+validate"):
+            cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
+            items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
+            user_cols = non_key_columns(spec.user_fields, "user_id")
+            users = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES)).select("user_id", *user_cols)
+            found = users.withColumn("_ufound", F.lit(True))
+            tagged = day_candidates(cands, items, spec).join(found, "user_id", "left")
+            tagged = tagged.withColumn(REASON, F.coalesce(
+                F.col(REASON), F.when(F.col("_ufound").isNull(), F.lit("missing_user_features")))).persist()
+            counts = tally(tagged, spec.item_fields)
+            summary.rows_in, summary.users, summary.quarantine_reasons = counts.rows, counts.users, counts.reasons
+        with summary.timed("quarantine"):
+            bad = quarantine_rows(tagged, ds, "baseline", list(cands.columns))
+            summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'baseline'",
+                                                 known_rows=sum(counts.reasons.values()))
+        with summary.timed("score+write"):
+            good = tagged.where(F.col(REASON).isNull())
+            fields = list(spec.user_fields) + list(spec.item_fields)
+            width = sum(packed_width(f) for f in fields)
+            udf = predict_batch_udf(make_predict_fn(ckpt, cfg.device, fields, len(spec.user_fields), version),
+                                    return_type=FloatType(), batch_size=batch_size, input_tensor_shapes=[[width]])
+            scored = good.select("user_id", "item_id", udf(pack_features(fields)).alias("score"))
+            rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id"))
+            out = scored.select(F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id",
+                                "item_id", "score", rank.cast("int").alias("rank"))
+            out, distribution = observe_score_distribution(out)
+            summary.rows_out = replace_day(out, path, ds, run_id)
+            dist = distribution()
+    finally:  # a failed day must not leave its rows cached in a session that goes on
+        if tagged is not None:
+            tagged.unpersist()
     return summary.emit(cfg.summary_path("baseline-score", ds), dist)
 

@@ -8,9 +8,12 @@ whatever the number of users.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import sys
 import time
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -34,31 +37,52 @@ def apply_features(cfg: JobConfig, redis: str | None = None) -> list[str]:
 def write_online(df: DataFrame, store, view: str, batch_rows: int, label: str) -> int:
     """Write ``df`` to the online store of ``view`` in hash buckets of about ``batch_rows`` rows."""
     df = df.persist()
-    total = df.count()
-    n_buckets = max(1, math.ceil(total / batch_rows))
-    written = 0
-    for b in range(n_buckets):
-        part = df.where(F.pmod(F.xxhash64("user_id"), F.lit(n_buckets)) == b).toArrow()
-        if part.num_rows:
-            write_arrow(store, view, part)
-        written += part.num_rows
-        print(f"\r[materialize] {label}: {written:,}/{total:,} users", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    df.unpersist()
+    try:
+        total = df.count()
+        n_buckets = max(1, math.ceil(total / batch_rows))
+        written = 0
+        for b in range(n_buckets):
+            part = df.where(F.pmod(F.xxhash64("user_id"), F.lit(n_buckets)) == b).toArrow()
+            if part.num_rows:
+                write_arrow(store, view, part)
+            written += part.num_rows
+            print(f"\r[materialize] {label}: {written:,}/{total:,} users", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+    finally:  # a failed write must not leave the rows cached in a session that goes on (backfill)
+        df.unpersist()
     return written
 
 
+def online_ds_marker(cfg: JobConfig, store) -> Path:
+    """Where the ds of the user_state last written to ``store``'s online store is kept."""
+    online = store.config.online_store
+    name = "sqlite" if online.type != "redis" else "redis-" + re.sub(r"[^\w.-]", "_", online.connection_string)
+    return Path(cfg.warehouse).resolve() / "_online" / f"user_state_ds.{name}.json"
+
+
 def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | None = None,
-                    batch_rows: int = 20000, with_user_features: bool = True) -> dict:
+                    batch_rows: int = 20000, with_user_features: bool = True, force: bool = False) -> dict:
+    """Write ds's user_state (and the user feature snapshot) to the online store. A day older than
+    the one already online is skipped unless ``force``: a backfill of past days through the DAG
+    must not put old state in front of online serving."""
     ds = parse_ds(ds)
     t0 = time.perf_counter()
     apply_features(cfg, redis)
     store = feature_store(cfg.warehouse, redis)
+    marker = online_ds_marker(cfg, store)
+    online_ds = json.loads(marker.read_text())["ds"] if marker.exists() else None
+    if online_ds is not None and ds < online_ds and not force:
+        print(f"materialize ds={ds}: skipped, the online store holds user_state of the later ds={online_ds} "
+              "(--force writes this day over it)", flush=True)
+        return {"job": "materialize", "ds": ds, "skipped": f"user_state of ds={online_ds} is online",
+                "user_state_rows": 0, "user_feature_rows": 0}
     state = (read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
              .select("user_id", "model_version", "state", "created_at"))
     n_state = write_online(state, store, "user_state", batch_rows, f"user_state ds={ds}")
     if n_state == 0:
         raise ValueError(f"user_state has no rows for ds={ds}; run `ugsep user-stage --ds {ds}` first")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"ds": ds}))
     n_feats = 0
     if with_user_features:
         feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))

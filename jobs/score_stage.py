@@ -165,7 +165,7 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
         rows = user_ordered_rows(good, state).select(
             "user_id", "state", *[f.name for f in spec.item_fields], *user_cols)
         # the worker cuts the Arrow batches into model calls of whole users
-        worker = partial(score_user_rows, max_candidates=cfg.max_candidates_per_call)
+        worker = partial(score_user_rows, max_candidates=cfg.max_candidates_per_call, version=version)
         scores = map_in_arrow_with_model(rows, worker, SCORE_SCHEMA, cfg, cfg.model).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         scores, distribution = observe_score_distribution(scores)

@@ -25,11 +25,11 @@ def day_users(candidates: DataFrame, user_features: DataFrame, spec: FeatureSpec
     return tag_user_rows(users.join(feats.withColumn("_found", F.lit(True)), "user_id", "left"), spec)
 
 
-def encode_users_df(users: DataFrame, cfg: JobConfig, ckpt: str) -> DataFrame:
+def encode_users_df(users: DataFrame, cfg: JobConfig, ckpt: str, version: str) -> DataFrame:
     """(user_id, user fields) -> (user_id, state) through the encode worker, users clustered by id,
-    ``users_per_batch`` users a model call."""
+    ``users_per_batch`` users a model call, with the checkpoint of model_version ``version``."""
     parts = cfg.partitions or users.sparkSession.sparkContext.defaultParallelism
-    worker = partial(encode_user_batches, users_per_call=cfg.users_per_batch)
+    worker = partial(encode_user_batches, users_per_call=cfg.users_per_batch, version=version)
     return map_in_arrow_with_model(users.repartition(parts, "user_id"), worker, STATE_SCHEMA, cfg, ckpt)
 
 
@@ -40,24 +40,28 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: Dat
     job = start_job(spark, "user-stage", ds, cfg.model,
                     [(c, cfg.table_path(c)) for c in (USER_STATE, QUARANTINE)], unit="users")
     ds, model, version, summary, run_id = job.ds, job.model, job.version, job.summary, job.run_id
-    with summary.timed("read"):
-        if candidates is None:
-            candidates = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
-        feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
-        tagged = day_users(candidates, feats, model.spec).persist()
-        counts = tally(tagged, model.spec.user_fields)
-        summary.rows_in, summary.quarantine_reasons = counts.rows, counts.reasons
-        summary.unknown_categorical = counts.unknown_categorical
-    with summary.timed("quarantine"):
-        bad = quarantine_rows(tagged, ds, "user", ["user_id"])
-        summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'user'",
-                                             known_rows=sum(counts.reasons.values()))
-        good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
-    with summary.timed("encode+write"):
-        state = encode_users_df(good, cfg, cfg.model).select(
-            F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "state",
-            F.current_timestamp().alias("created_at"))
-        summary.rows_out = summary.users = replace_day(state, cfg.table_path(USER_STATE), ds, run_id)
-    tagged.unpersist()
+    tagged = None
+    try:
+        with summary.timed("read"):
+            if candidates is None:
+                candidates = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
+            feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
+            tagged = day_users(candidates, feats, model.spec).persist()
+            counts = tally(tagged, model.spec.user_fields)
+            summary.rows_in, summary.quarantine_reasons = counts.rows, counts.reasons
+            summary.unknown_categorical = counts.unknown_categorical
+        with summary.timed("quarantine"):
+            bad = quarantine_rows(tagged, ds, "user", ["user_id"])
+            summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'user'",
+                                                 known_rows=sum(counts.reasons.values()))
+            good = tagged.where(F.col(REASON).isNull()).drop(REASON, "_found")
+        with summary.timed("encode+write"):
+            state = encode_users_df(good, cfg, cfg.model, version).select(
+                F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "state",
+                F.current_timestamp().alias("created_at"))
+            summary.rows_out = summary.users = replace_day(state, cfg.table_path(USER_STATE), ds, run_id)
+    finally:  # a failed day must not leave its users cached in a session that goes on (backfill)
+        if tagged is not None:
+            tagged.unpersist()
     return summary.emit(cfg.summary_path("user-stage", ds))
 

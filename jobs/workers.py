@@ -36,11 +36,18 @@ def pick_device(setting: str = "auto", gpu_addresses: list[str] | None = None) -
 
 
 @lru_cache(maxsize=4)
-def cached_model(ckpt: str, device: str) -> tuple[RankingModel, str]:
+def cached_model(ckpt: str, device: str, version: str = "") -> tuple[RankingModel, str]:
     """Load once per worker process (Spark reuses Python workers across tasks), which from then
-    on keeps its freed batch memory instead of page-faulting it in again every batch."""
+    on keeps its freed batch memory instead of page-faulting it in again every batch.
+    ``version``: the model_version the driver labels the output with. It is part of the cache
+    key, so a checkpoint retrained in place is loaded again, and a worker that finds another
+    version at ``ckpt`` than the driver read fails instead of scoring with it."""
     keep_freed_memory()
-    model, version = load_checkpoint(ckpt)
+    model, loaded = load_checkpoint(ckpt)
+    if version and loaded != version:
+        raise RuntimeError(f"{ckpt} holds model_version {loaded}, but this job labels its output {version}: "
+                           "the checkpoint changed while the job ran; rerun it")
+    version = loaded
     if device.startswith("cuda"):
         model = model.to(device, torch.bfloat16)
     return model.to(device).eval(), version
@@ -54,10 +61,11 @@ def fail_once(marker: str) -> None:
 
 
 def encode_user_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
-                        fail_marker: str = "", users_per_call: int = 0) -> Iterator[pa.RecordBatch]:
+                        fail_marker: str = "", users_per_call: int = 0, version: str = "") -> Iterator[pa.RecordBatch]:
     """(user_id, user fields) batches -> (user_id, state) batches, one model call per
-    ``users_per_call`` users (0: per batch), whatever size the batches come in."""
-    model, _ = cached_model(ckpt, device)
+    ``users_per_call`` users (0: per batch), whatever size the batches come in. ``version``: as
+    in ``cached_model``."""
+    model, _ = cached_model(ckpt, device, version)
     for whole in batches:
         step = users_per_call or whole.num_rows
         for start in range(0, whole.num_rows, max(step, 1)):
@@ -117,15 +125,15 @@ def check_unseen(user_ids: np.ndarray, seen: set[int]) -> None:
 
 
 def score_user_rows(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
-                    fail_marker: str = "", max_candidates: int = 0) -> Iterator[pa.RecordBatch]:
+                    fail_marker: str = "", max_candidates: int = 0, version: str = "") -> Iterator[pa.RecordBatch]:
     """Candidate rows in user order (user_id, state, item fields), the user's state on its
     first row only (null on the others) -> one row per candidate with its score and rank.
 
     A null state on a user's first row is encoded here from the user fields on that row
     (``--compute-missing``). ``max_candidates`` > 0 caps the candidates per model call (CPU
-    caches like ~4k; GPUs more).
+    caches like ~4k; GPUs more). ``version``: as in ``cached_model``.
     """
-    model, _ = cached_model(ckpt, device)
+    model, _ = cached_model(ckpt, device, version)
     seen: set[int] = set()
     for whole in whole_users(batches):
         for batch in whole_user_slices(whole, max_candidates) if max_candidates else [whole]:

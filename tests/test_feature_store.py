@@ -88,6 +88,30 @@ def test_online_store_serves_the_batch_state_and_scores(spark, scored_day, model
         np.testing.assert_allclose(out.scores, batch.loc[out.item_ids].to_numpy(), rtol=0, atol=1e-5)
 
 
+def test_an_older_day_does_not_replace_newer_online_state(spark, scored_day, model_dir):
+    """Backfilling a past day through the DAG materializes it after today's: skipped unless forced."""
+    cfg, state, _ = scored_day
+    older = "2026-11-19"
+    day = spark.read.format("delta").load(cfg.table_path(USER_STATE)).where(F.col("ds") == DS)
+    (day.withColumn("ds", F.lit(older)).withColumn("state", F.transform("state", lambda x: (x + 1.0).cast("float")))
+     .write.format("delta").mode("append").save(cfg.table_path(USER_STATE)))
+    scorer = OnlineScorer(model_dir, cfg.warehouse)
+    users = state["user_id"].tolist()
+    expected = np.stack([np.asarray(s, dtype=np.float32) for s in state["state"]])
+
+    def online() -> np.ndarray:
+        return np.stack([np.asarray(f, dtype=np.float32) for f in scorer.fetch_states(users)[1]])
+
+    materialize_day(spark, cfg, DS)
+    skipped = materialize_day(spark, cfg, older)
+    assert skipped["skipped"] == f"user_state of ds={DS} is online" and skipped["user_state_rows"] == 0
+    np.testing.assert_array_equal(online(), expected)
+    assert materialize_day(spark, cfg, older, force=True)["user_state_rows"] == USERS
+    np.testing.assert_array_equal(online(), expected + 1.0)
+    materialize_day(spark, cfg, DS)  # the later day goes back over it
+    np.testing.assert_array_equal(online(), expected)
+
+
 def test_wrong_model_version_is_refused(spark, scored_day, tmp_path):
     cfg, _, scores = scored_day
     materialize_day(spark, cfg, DS)

@@ -116,6 +116,23 @@ def test_workers_run_a_quantized_checkpoint(tmp_path, small_day):
     np.testing.assert_allclose(out.column("score").to_numpy(), expected, rtol=0, atol=1e-5)
 
 
+def test_cached_model_follows_the_drivers_version(tmp_path):
+    """A checkpoint retrained in place is loaded again for its new version; a worker that finds
+    another version than the driver read refuses to score."""
+    from jobs.workers import cached_model
+
+    va = save_checkpoint(make_model(seed=1), tmp_path)
+    a, _ = cached_model(str(tmp_path), "cpu", va)
+    vb = save_checkpoint(make_model(seed=2), tmp_path)  # retrained in place
+    assert vb != va
+    b, got = cached_model(str(tmp_path), "cpu", vb)
+    assert got == vb and b is not a
+    assert not torch.equal(next(a.parameters()), next(b.parameters()))
+    cached_model.cache_clear()
+    with pytest.raises(RuntimeError, match=f"holds model_version {vb}, but this job labels its output {va}"):
+        cached_model(str(tmp_path), "cpu", va)
+
+
 def test_field_columns_layout(small_day):
     model = make_model()
     cols = field_columns(_arrow(small_day.users), model.spec.user_fields)
