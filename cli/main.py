@@ -345,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+    except KeyError as e:  # str() of a KeyError is only the key
+        print(f"ugsep {args.command}: error: missing key {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"ugsep {args.command}: error: {e}", file=sys.stderr)
         return 2
 

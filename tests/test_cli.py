@@ -39,3 +39,15 @@ def test_bad_input_gives_clear_error(tmp_path):
     assert p.returncode == 2 and "missing" in p.stderr and "Traceback" not in p.stderr
     p = ugsep("train", "--dataset", "movielens-100k", "--out", str(tmp_path), check=False)
     assert p.returncode == 2 and "--data-dir" in p.stderr
+
+
+def test_a_missing_key_is_named_as_one(monkeypatch, capsys):
+    """A KeyError's own text is only the key: the message must say what it is."""
+    import cli.main
+
+    def boom(_):
+        raise KeyError("rows_out")
+
+    monkeypatch.setattr(cli.main, "cmd_quantize", boom)
+    assert cli.main.main(["quantize", "--ckpt", "in", "--out", "out"]) == 2
+    assert "ugsep quantize: error: missing key 'rows_out'" in capsys.readouterr().err
