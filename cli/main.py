@@ -65,15 +65,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_backfill(a: argparse.Namespace) -> int:
-    from jobs.config import load_config, spark_conf_pairs
     from jobs.run_day import run_day
     from jobs.spark_session import build_spark
     from pipelines.backfill import backfill, day_is_done, day_range
     from ugsep.checkpoint import read_config
 
     days = day_range(a.start, a.end)  # fails before Spark starts
-    cfg = load_config(a.config, model=a.model)
-    cfg.spark.update(spark_conf_pairs(a.conf or []))
+    cfg = _job_config(a)
     version = read_config(cfg.model)["model_version"]
     spark = build_spark("ugsep-backfill", cfg.spark)
     report = backfill(days, lambda ds: run_day(spark, cfg, ds), parallel=a.parallel,
@@ -104,14 +102,22 @@ def cmd_score_local(a: argparse.Namespace) -> int:
     return 0
 
 
+def _job_config(a: argparse.Namespace):
+    """The job config with the command line's --model and --conf applied."""
+    from jobs.config import load_config, spark_conf_pairs
+
+    cfg = load_config(a.config, model=getattr(a, "model", None))
+    cfg.spark.update(spark_conf_pairs(a.conf or []))
+    return cfg
+
+
 def _spark_job(a: argparse.Namespace):
-    """Load the job config, apply --conf overrides, and start (or join) the Spark session."""
-    from jobs.config import load_config, parse_ds, spark_conf_pairs
+    """Load the job config, apply --model and --conf, and start (or join) the Spark session."""
+    from jobs.config import parse_ds
     from jobs.spark_session import build_spark
 
     parse_ds(a.ds)  # fail before Spark starts
-    cfg = load_config(a.config, model=getattr(a, "model", None))
-    cfg.spark.update(spark_conf_pairs(a.conf or []))
+    cfg = _job_config(a)
     return build_spark(f"ugsep-{a.command}", cfg.spark), cfg
 
 

@@ -47,10 +47,9 @@ def cached_model(ckpt: str, device: str, version: str = "") -> tuple[RankingMode
     if version and loaded != version:
         raise RuntimeError(f"{ckpt} holds model_version {loaded}, but this job labels its output {version}: "
                            "the checkpoint changed while the job ran; rerun it")
-    version = loaded
     if device.startswith("cuda"):
         model = model.to(device, torch.bfloat16)
-    return model.to(device).eval(), version
+    return model.to(device).eval(), loaded
 
 
 def fail_once(marker: str) -> None:

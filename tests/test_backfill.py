@@ -56,17 +56,22 @@ def test_backfill_skips_done_days_and_runs_in_parallel():
 
 
 def test_backfill_starts_a_day_as_soon_as_one_ends():
-    """With two at a time, a long day must not hold back the short ones queued behind it."""
-    t0, started = time.perf_counter(), {}
+    """With two at a time, a long day must not hold back the short ones queued behind it: the
+    long day ends only once the last short day has started (lockstep waiting would start that
+    one only after the long day, and the long day would give up waiting)."""
+    last_started = threading.Event()
+    waited = {}
 
     def run(ds):
-        started[ds] = time.perf_counter() - t0
-        time.sleep(1.0 if ds == "long" else 0.05)
+        if ds == "long":
+            waited[ds] = last_started.wait(timeout=30)
+        elif ds == "s3":
+            last_started.set()
         return {}
 
     report = backfill(["long", "s1", "s2", "s3"], run, parallel=2)
     assert report.ok and sorted(report.done) == ["long", "s1", "s2", "s3"]
-    assert started["s3"] < 0.6, started  # lockstep waiting would start it after "long", at 1.0 s
+    assert waited == {"long": True}
 
 
 def test_backfill_refuses_a_parallel_below_one():
