@@ -99,7 +99,7 @@ def main() -> None:
     run_user_stage(spark, cfg, DS)
 
     state_rows = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).select(
-        "user_id", "model_version", "state", "created_at").toArrow()
+        "user_id", "model_version", "state", "created_at", "event_ts").toArrow()
     proc, redis = start_redis()
     stores = {"sqlite": None, **({"redis": redis} if redis else {})}
     users, items, cands = synthetic_tables(DS, a.users, mean_cands=5)

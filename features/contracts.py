@@ -60,7 +60,8 @@ USER_STATE = TableContract(
         ("model_version", "string"),
         ("user_id", "bigint"),
         ("state", "array<float>"),
-        ("created_at", "timestamp"),
+        ("created_at", "timestamp"),  # when the user stage wrote the row
+        ("event_ts", "timestamp"),  # 00:00 UTC of ds: the day the state is for (Feast's event time)
     ),
     partition_by=("ds",),
 )

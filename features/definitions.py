@@ -26,8 +26,9 @@ user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64,
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64)
 
 
-def _source(name: str, path: str, timestamp_field: str) -> SparkSource:
-    return SparkSource(name=name, path=path, table_format=DeltaFormat(), timestamp_field=timestamp_field)
+def _source(name: str, path: str, timestamp_field: str, created_timestamp_column: str = "") -> SparkSource:
+    return SparkSource(name=name, path=path, table_format=DeltaFormat(), timestamp_field=timestamp_field,
+                       created_timestamp_column=created_timestamp_column)
 
 
 def feast_objects(table_path) -> list:
@@ -37,7 +38,9 @@ def feast_objects(table_path) -> list:
         entities=[user],
         ttl=USER_STATE_TTL,
         schema=[Field(name="model_version", dtype=String), Field(name="state", dtype=Array(Float32))],
-        source=_source("user_state_source", table_path(USER_STATE), "created_at"),
+        # event time = the day the state is for, so a backfilled past day stays in the past for
+        # point-in-time joins; a rerun of the same day wins on its later created_at
+        source=_source("user_state_source", table_path(USER_STATE), "event_ts", "created_at"),
         online=True,
         description="Per-user UG-Sep state (flat), written by the user stage",
     )

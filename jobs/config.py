@@ -80,3 +80,8 @@ def parse_ds(ds: str, flag: str = "--ds") -> str:
     except (TypeError, ValueError):
         raise ValueError(f"{flag} {ds!r} is not a date of the form YYYY-MM-DD") from None
     return ds
+
+
+def day_start(ds: str) -> int:
+    """Seconds since the epoch at 00:00 UTC of day ``ds``: the event time of what a job computes for that day."""
+    return int(dt.datetime.combine(dt.date.fromisoformat(parse_ds(ds)), dt.time(), dt.timezone.utc).timestamp())

@@ -15,8 +15,15 @@ class ContractError(ValueError):
 
 
 def ensure_table(spark: SparkSession, contract: TableContract, path: str) -> None:
-    """Create the Delta table (empty, contract schema) if it does not exist yet."""
+    """Create the Delta table (empty, contract schema) if it does not exist yet. A table made by an
+    earlier version gets the contract columns it lacks, added at the end and null in its old rows."""
     if DeltaTable.isDeltaTable(spark, path):
+        have = {f.name for f in spark.read.format("delta").load(path).schema.fields}
+        missing = [(c, t) for c, t in contract.columns if c not in have]
+        if missing:
+            ddl = ", ".join(f"{c} {t}" for c, t in missing)
+            print(f"table {contract.name}: adding column(s) {ddl} at {path}", flush=True)
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({ddl})")
         return
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(StructType.fromDDL(contract.ddl))
     if contract.partition_by:

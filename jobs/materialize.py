@@ -22,7 +22,7 @@ from features.contracts import USER_FEATURES, USER_STATE
 from features.definitions import feast_objects
 from features.online_write import write_arrow
 from features.store import feature_store
-from jobs.config import JobConfig, parse_ds
+from jobs.config import JobConfig, day_start, parse_ds
 from jobs.delta_io import read_table
 
 
@@ -77,7 +77,9 @@ def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | N
         return {"job": "materialize", "ds": ds, "skipped": f"user_state of ds={online_ds} is online",
                 "user_state_rows": 0, "user_feature_rows": 0}
     state = (read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
-             .select("user_id", "model_version", "state", "created_at"))
+             .select("user_id", "model_version", "state", "created_at",
+                     # rows written before event_ts existed hold null there
+                     F.coalesce("event_ts", F.timestamp_seconds(F.lit(day_start(ds)))).alias("event_ts")))
     n_state = write_online(state, store, "user_state", batch_rows, f"user_state ds={ds}")
     if n_state == 0:
         raise ValueError(f"user_state has no rows for ds={ds}; run `ugsep user-stage --ds {ds}` first")

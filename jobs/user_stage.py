@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE, non_key_columns
-from jobs.config import JobConfig
+from jobs.config import JobConfig, day_start
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
 from jobs.model_stage import map_in_arrow_with_model
@@ -58,7 +58,8 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: Dat
         with summary.timed("encode+write"):
             state = encode_users_df(good, cfg, cfg.model, version).select(
                 F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "state",
-                F.current_timestamp().alias("created_at"))
+                F.current_timestamp().alias("created_at"),
+                F.timestamp_seconds(F.lit(day_start(ds))).alias("event_ts"))
             summary.rows_out = summary.users = replace_day(state, cfg.table_path(USER_STATE), ds, run_id)
     finally:  # a failed day must not leave its users cached in a session that goes on (backfill)
         if tagged is not None:

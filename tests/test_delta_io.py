@@ -49,3 +49,30 @@ def test_scores_files_carry_stats_for_the_key_columns_only(spark, tmp_path):
     stats = [json.loads(a["stats"]) for a in adds]
     assert stats and all(set(s["minValues"]) == {"user_id", "item_id"} for s in stats)
     assert sum(s["numRecords"] for s in stats) == 6
+
+
+def test_a_table_from_an_earlier_version_gets_the_new_contract_columns(spark, tmp_path):
+    """user_state tables written before event_ts existed: the column is added, null in old rows,
+    and the table then passes its contract and takes new days."""
+    from pyspark.sql import functions as F
+
+    from features.contracts import USER_STATE, TableContract
+    from jobs.delta_io import ensure_table, read_table, replace_day
+
+    path = str(tmp_path / "user_state")
+    old = TableContract("user_state", tuple(c for c in USER_STATE.columns if c[0] != "event_ts"),
+                        USER_STATE.partition_by)
+    ensure_table(spark, old, path)
+    old_row = spark.createDataFrame([("2026-01-01", "v1", 7, [0.5])],
+                                    "ds string, model_version string, user_id bigint, state array<float>")
+    old_row = old_row.withColumn("created_at", F.current_timestamp())
+    replace_day(old_row, path, "2026-01-01", "old-run")
+
+    ensure_table(spark, USER_STATE, path)
+    table = read_table(spark, USER_STATE, path)  # raises if a contract column is missing
+    assert [r.event_ts for r in table.collect()] == [None]
+    new_row = old_row.withColumn("ds", F.lit("2026-01-02")).withColumn("event_ts", F.timestamp_seconds(F.lit(0)))
+    assert replace_day(new_row, path, "2026-01-02", "new-run") == 1
+    assert read_table(spark, USER_STATE, path).count() == 2
+    ensure_table(spark, USER_STATE, path)  # nothing left to add: no change
+    assert read_table(spark, USER_STATE, path).columns == USER_STATE.names

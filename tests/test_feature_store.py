@@ -1,5 +1,6 @@
 """Real Feast over the real Delta tables: apply, materialize, online lookups, online scoring."""
 
+import calendar
 import shutil
 import socket
 import subprocess
@@ -112,6 +113,29 @@ def test_an_older_day_does_not_replace_newer_online_state(spark, scored_day, mod
     np.testing.assert_array_equal(online(), expected)
 
 
+def test_state_is_stamped_with_its_day_in_delta_and_online(spark, scored_day):
+    """Event time = 00:00 UTC of ds (not the time of writing), so a backfilled day stays in the past."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features.definitions import feast_objects
+    from features.store import feature_store
+
+    cfg, state, _ = scored_day
+    day = calendar.timegm((2026, 11, 20, 0, 0, 0))
+    stamps = (spark.read.format("delta").load(cfg.table_path(USER_STATE)).where(F.col("ds") == DS)
+              .select(F.unix_timestamp("event_ts").alias("e"), F.unix_timestamp("created_at").alias("c")).collect())
+    assert {r.e for r in stamps} == {day} and min(r.c for r in stamps) > day
+    view = next(o for o in feast_objects(cfg.table_path) if o.name == "user_state")
+    assert (view.batch_source.timestamp_field, view.batch_source.created_timestamp_column) == ("event_ts", "created_at")
+
+    materialize_day(spark, cfg, DS)
+    store = feature_store(cfg.warehouse)
+    keys = [EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=int(u))]) for u in state["user_id"][:3]]
+    read = store._get_provider().online_read(store.config, store.get_feature_view("user_state"), keys)
+    assert [calendar.timegm(ts.utctimetuple()) for ts, _ in read] == [day] * 3
+
+
 def test_wrong_model_version_is_refused(spark, scored_day, tmp_path):
     cfg, _, scores = scored_day
     materialize_day(spark, cfg, DS)
@@ -134,8 +158,7 @@ def test_missing_state_is_computed_from_online_features(spark, scored_day, model
     store.apply(feast_objects(cfg.table_path))
     user_id = int(scores["user_id"].iloc[0])
     state = spark.read.format("delta").load(cfg.table_path(USER_STATE)).where(F.col("ds") == DS)
-    write_online(state.where(F.col("user_id") != user_id).select("user_id", "model_version", "state", "created_at"),
-                 store, "user_state", 100, "state")
+    write_online(state.where(F.col("user_id") != user_id).drop("ds"), store, "user_state", 100, "state")
     write_online(spark.read.format("delta").load(cfg.table_path(USER_FEATURES)), store, "user_features", 100, "f")
 
     scorer = OnlineScorer(model_dir, str(tmp_path))
