@@ -20,7 +20,10 @@ def repo_config(warehouse: str, redis: str | None = None) -> RepoConfig:
     root = Path(warehouse).resolve() / "_feast"
     root.mkdir(parents=True, exist_ok=True)
     redis = redis or os.environ.get(REDIS_ENV)
-    online = (RedisOnlineStoreConfig(connection_string=redis) if redis
+    # skip_dedup: Feast's Redis writer otherwise drops rows not newer than the stored event time,
+    # so a retrained model's state for the same day, or a forced older day, would never land;
+    # materialize orders days itself (and SQLite never deduplicates)
+    online = (RedisOnlineStoreConfig(connection_string=redis, skip_dedup=True) if redis
               else SqliteOnlineStoreConfig(path=str(root / "online.db")))
     return RepoConfig(
         project=PROJECT,

@@ -89,27 +89,31 @@ def test_online_store_serves_the_batch_state_and_scores(spark, scored_day, model
         np.testing.assert_allclose(out.scores, batch.loc[out.item_ids].to_numpy(), rtol=0, atol=1e-5)
 
 
-def test_an_older_day_does_not_replace_newer_online_state(spark, scored_day, model_dir):
-    """Backfilling a past day through the DAG materializes it after today's: skipped unless forced."""
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_an_older_day_does_not_replace_newer_online_state(spark, scored_day, model_dir, store, request):
+    """Backfilling a past day through the DAG materializes it after today's: skipped unless forced.
+    Forced, it lands even in Redis, whose writer would drop rows older than the stored ones."""
     cfg, state, _ = scored_day
+    redis = request.getfixturevalue("redis_server") if store == "redis" else None
     older = "2026-11-19"
     day = spark.read.format("delta").load(cfg.table_path(USER_STATE)).where(F.col("ds") == DS)
     (day.withColumn("ds", F.lit(older)).withColumn("state", F.transform("state", lambda x: (x + 1.0).cast("float")))
-     .write.format("delta").mode("append").save(cfg.table_path(USER_STATE)))
-    scorer = OnlineScorer(model_dir, cfg.warehouse)
+     .write.format("delta").mode("overwrite").option("replaceWhere", f"ds = '{older}'")
+     .save(cfg.table_path(USER_STATE)))
+    scorer = OnlineScorer(model_dir, cfg.warehouse, redis=redis)
     users = state["user_id"].tolist()
     expected = np.stack([np.asarray(s, dtype=np.float32) for s in state["state"]])
 
     def online() -> np.ndarray:
         return np.stack([np.asarray(f, dtype=np.float32) for f in scorer.fetch_states(users)[1]])
 
-    materialize_day(spark, cfg, DS)
-    skipped = materialize_day(spark, cfg, older)
+    materialize_day(spark, cfg, DS, redis=redis)
+    skipped = materialize_day(spark, cfg, older, redis=redis)
     assert skipped["skipped"] == f"user_state of ds={DS} is online" and skipped["user_state_rows"] == 0
     np.testing.assert_array_equal(online(), expected)
-    assert materialize_day(spark, cfg, older, force=True)["user_state_rows"] == USERS
+    assert materialize_day(spark, cfg, older, redis=redis, force=True)["user_state_rows"] == USERS
     np.testing.assert_array_equal(online(), expected + 1.0)
-    materialize_day(spark, cfg, DS)  # the later day goes back over it
+    materialize_day(spark, cfg, DS, redis=redis)  # the later day goes back over it
     np.testing.assert_array_equal(online(), expected)
 
 
