@@ -17,7 +17,7 @@ from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
 from jobs.report import observe_score_distribution
 from jobs.score_stage import day_candidates
-from jobs.validation import REASON, quarantine_rows, tally
+from jobs.validation import REASON, quarantine_rows, require_candidates, tally
 from ugsep.features import PAD_ID, Field, FieldKind
 
 BASELINE_TABLE = "baseline_scores"
@@ -91,6 +91,7 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
             tagged = tagged.withColumn(REASON, F.coalesce(
                 F.col(REASON), F.when(F.col("_ufound").isNull(), F.lit("missing_user_features")))).persist()
             counts = tally(tagged, spec.item_fields)
+            require_candidates(counts.rows, ds, cfg.table_path(CANDIDATES))
             summary.rows_in, summary.users, summary.quarantine_reasons = counts.rows, counts.users, counts.reasons
         with summary.timed("quarantine"):
             bad = quarantine_rows(tagged, ds, "baseline", list(cands.columns))

@@ -74,8 +74,7 @@ def load_config(path: str | None, **overrides: Any) -> JobConfig:
 def parse_ds(ds: str, flag: str = "--ds") -> str:
     """Validate a YYYY-MM-DD partition date; returns it unchanged. ``flag`` names it in the error."""
     try:
-        dt.date.fromisoformat(ds)
-        if len(ds) != 10:
+        if dt.date.fromisoformat(ds).isoformat() != ds:  # 3.11 also takes "2026-W48-2", "20261101"
             raise ValueError
     except (TypeError, ValueError):
         raise ValueError(f"{flag} {ds!r} is not a date of the form YYYY-MM-DD") from None

@@ -22,6 +22,7 @@ from jobs.validation import (
     dense_checks,
     first_failure,
     quarantine_rows,
+    require_candidates,
     tag_candidate_rows,
     tally_per_user,
 )
@@ -138,6 +139,7 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
         # counted on the per-user counts, not the candidates: the state flag joins 20k rows, not 2M
         users, cands = with_state_flag(day.per_user, state), day.candidates
         counts = tally_per_user(users, spec.item_fields)
+        require_candidates(counts.rows, ds, cfg.table_path(CANDIDATES))
         if counts.stateless_users:
             # users without state whose features are missing or bad were quarantined by the user
             # stage: their candidates are quarantined with the same reason. The rest need the

@@ -12,7 +12,7 @@ from jobs.config import JobConfig, day_start
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
 from jobs.model_stage import map_in_arrow_with_model
-from jobs.validation import REASON, quarantine_rows, tag_user_rows, tally
+from jobs.validation import REASON, quarantine_rows, require_candidates, tag_user_rows, tally
 from jobs.workers import STATE_SCHEMA, encode_user_batches
 from ugsep.features import FeatureSpec
 
@@ -48,6 +48,7 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: Dat
             feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
             tagged = day_users(candidates, feats, model.spec).persist()
             counts = tally(tagged, model.spec.user_fields)
+            require_candidates(counts.rows, ds, cfg.table_path(CANDIDATES))
             summary.rows_in, summary.quarantine_reasons = counts.rows, counts.reasons
             summary.unknown_categorical = counts.unknown_categorical
         with summary.timed("quarantine"):

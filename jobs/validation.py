@@ -13,6 +13,18 @@ from ugsep.features import FeatureSpec, Field, FieldKind
 REASON = "_reason"
 
 
+class EmptyDayError(ValueError):
+    """The day has no candidates: writing would replace the day's output with nothing."""
+
+
+def require_candidates(rows: int, ds: str, table_path: str) -> None:
+    """Fail before any write when ds has no candidates: more likely a day not landed yet, a
+    dropped partition or a wrong --ds than a real empty day, and its old output would be wiped."""
+    if rows == 0:
+        raise EmptyDayError(f"no candidates for ds={ds} in {table_path}: nothing written, the day's existing "
+                            "output is kept (has the day's data landed? is --ds right?)")
+
+
 def first_failure(checks: list[tuple[Column, str | Column]]) -> Column:
     """The reason of the first failing check, or null when the row is good."""
     return reduce(lambda acc, c: acc.when(c[0], F.lit(c[1])), checks[1:],

@@ -131,6 +131,25 @@ def test_bad_rows_are_quarantined_with_reasons(spark, bad_day):
     assert run["rows_quarantined"] == sum(reasons.values())
     assert run["rows_out"] + run["rows_quarantined"] == run["rows_in"]
 
+    # the day's candidates are gone (a dropped partition, data not landed): every job fails, naming the
+    # table, and the day's scores and state stay as they were
+    from delta.tables import DeltaTable
+
+    from features.contracts import USER_STATE
+    from jobs.baseline import run_baseline
+    from jobs.user_stage import run_user_stage
+    from jobs.validation import EmptyDayError
+
+    kept = {c: spark.read.format("delta").load(cfg.table_path(c)).where(F.col("ds") == DS).count()
+            for c in (SCORES, USER_STATE)}
+    DeltaTable.forPath(spark, cfg.table_path(CANDIDATES)).delete(F.col("ds") == DS)
+    empty = f"no candidates for ds={DS} in {cfg.table_path(CANDIDATES)}"
+    for job in (run_day, run_user_stage, run_score_stage, run_baseline):
+        with pytest.raises(EmptyDayError, match=empty):
+            job(spark, cfg, DS)
+    assert kept == {c: spark.read.format("delta").load(cfg.table_path(c)).where(F.col("ds") == DS).count()
+                    for c in (SCORES, USER_STATE)} and min(kept.values()) > 0
+
 
 def test_schema_mismatch_fails_before_writing(spark, job_cfg):
     cfg = job_cfg
@@ -153,7 +172,7 @@ def test_missing_column_is_named(spark, job_cfg):
         run_day(spark, job_cfg, DS)
 
 
-@pytest.mark.parametrize("bad", ["2026-13-01", "20261101", "yesterday", "2026-1-1"])
+@pytest.mark.parametrize("bad", ["2026-13-01", "20261101", "yesterday", "2026-1-1", "2026-W48-2", "2026-331"])
 def test_unparseable_ds(bad):
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         parse_ds(bad)
