@@ -77,7 +77,8 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
 
     ckpt = ckpt or cfg.model
     path = cfg.table_path(BASELINE_TABLE)
-    job = start_job(spark, "baseline-score", ds, ckpt, [(SCORES, path), (QUARANTINE, cfg.table_path(QUARANTINE))])
+    job = start_job(spark, "baseline-score", ds, ckpt, [(SCORES, path), (QUARANTINE, cfg.table_path(QUARANTINE))],
+                    stale_summaries=(cfg.summary_path("baseline-score", ds),))
     ds, spec, version, summary, run_id = job.ds, job.model.spec, job.version, job.summary, job.run_id
     tagged = None
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -25,8 +26,12 @@ class JobStart:
 
 
 def start_job(spark: SparkSession, job: str, ds: str, ckpt: str, outputs: list[tuple[TableContract, str]],
-              unit: str = "candidates") -> JobStart:
+              unit: str = "candidates", stale_summaries: tuple[Path, ...] = ()) -> JobStart:
+    """``stale_summaries``: summary files that stop describing the day once this job writes to it,
+    deleted first, so a rerun that fails halfway does not leave the last run's mark of a done day."""
     ds = parse_ds(ds)
+    for path in stale_summaries:
+        path.unlink(missing_ok=True)
     summary = JobSummary(job, ds, unit=unit)
     with summary.timed("start"):  # counted in the job's seconds and throughput like any step
         model, version = load_checkpoint(ckpt)

@@ -38,7 +38,8 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: Dat
     of every candidate of the day if the caller has them already (`ugsep run`: the cached day's
     per-user counts), else the candidates are read here."""
     job = start_job(spark, "user-stage", ds, cfg.model,
-                    [(c, cfg.table_path(c)) for c in (USER_STATE, QUARANTINE)], unit="users")
+                    [(c, cfg.table_path(c)) for c in (USER_STATE, QUARANTINE)], unit="users",
+                    stale_summaries=(cfg.summary_path("user-stage", ds), cfg.summary_path("run", ds)))
     ds, model, version, summary, run_id = job.ds, job.model, job.version, job.summary, job.run_id
     tagged = None
     try:

@@ -1,5 +1,6 @@
 """Backfill driver (unit, with fake days) and the real `ugsep backfill` + cron script on 3 days."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.backfill import backfill, day_range
+from pipelines.backfill import backfill, day_is_done, day_range
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,6 +120,14 @@ def test_backfill_and_cron_for_real(spark, tmp_path, model_dir):
             F.count("*").alias("n"), F.countDistinct("user_id", "item_id").alias("pairs")).collect()}
 
     assert counts() == {ds: (n, n) for ds, n in sizes.items()}  # every day complete, no duplicates
+
+    # a rerun of a done day that stops after its user stage (failed, or killed) leaves it not done
+    from jobs.user_stage import run_user_stage
+
+    version = json.loads(cfg.summary_path("run", days[0]).read_text())["model_version"]
+    assert day_is_done(cfg, days[0], version)
+    run_user_stage(spark, cfg, days[0])
+    assert not day_is_done(cfg, days[0], version)
 
     # cron: the same day again through the script (replaces, no duplicates), bad dates, the lock
     env = {**os.environ, "UGSEP_HOME": str(ROOT), "UGSEP_CONFIG": str(conf), "UGSEP_LOG_DIR": str(tmp_path / "logs"),
