@@ -65,7 +65,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_backfill(a: argparse.Namespace) -> int:
-    from jobs.run_day import run_day
+    from jobs.run_day import ensure_run_tables, run_day
     from jobs.spark_session import build_spark
     from pipelines.backfill import backfill, day_is_done, day_range
     from ugsep.checkpoint import read_config
@@ -74,6 +74,7 @@ def cmd_backfill(a: argparse.Namespace) -> int:
     cfg = _job_config(a)
     version = read_config(cfg.model)["model_version"]
     spark = build_spark("ugsep-backfill", cfg.spark)
+    ensure_run_tables(spark, cfg)
     report = backfill(days, lambda ds: run_day(spark, cfg, ds), parallel=a.parallel,
                       is_done=(lambda ds: day_is_done(cfg, ds, version)) if a.skip_done else (lambda ds: False))
     print(report.line())

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from pyspark.sql import SparkSession
 
+from features.contracts import QUARANTINE, SCORES, USER_STATE
 from jobs.config import JobConfig, parse_ds
+from jobs.delta_io import ensure_table
 from jobs.report import SCORE_DISTRIBUTION_KEYS
 from jobs.run_report import report_paths
 from jobs.score_stage import cached_day, run_score_stage
 from jobs.summary import JobSummary
 from jobs.user_stage import run_user_stage
 from ugsep.checkpoint import read_spec
+
+
+def ensure_run_tables(spark: SparkSession, cfg: JobConfig) -> None:
+    """Create (or bring up to date) the tables `ugsep run` writes, before days run side by side:
+    two days creating or altering one Delta table at once conflict, and one of them fails."""
+    for contract in (USER_STATE, SCORES, QUARANTINE):
+        ensure_table(spark, contract, cfg.table_path(contract))
 
 
 def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:

@@ -76,3 +76,15 @@ def test_a_table_from_an_earlier_version_gets_the_new_contract_columns(spark, tm
     assert read_table(spark, USER_STATE, path).count() == 2
     ensure_table(spark, USER_STATE, path)  # nothing left to add: no change
     assert read_table(spark, USER_STATE, path).columns == USER_STATE.names
+
+
+def test_backfill_creates_the_run_tables_before_days_run_side_by_side(spark, tmp_path):
+    from features.contracts import QUARANTINE, SCORES, USER_STATE
+    from jobs.config import JobConfig
+    from jobs.delta_io import read_table
+    from jobs.run_day import ensure_run_tables
+
+    cfg = JobConfig(warehouse=str(tmp_path / "warehouse"))
+    ensure_run_tables(spark, cfg)
+    for contract in (USER_STATE, SCORES, QUARANTINE):
+        assert read_table(spark, contract, cfg.table_path(contract)).columns == contract.names
