@@ -211,7 +211,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from jobs.run_day import run_day
 
     spark, cfg = _spark_job(a)
-    print(json.dumps(generate_tables(spark, cfg, a.ds, a.users)), flush=True)
+    print(json.dumps(generate_tables(spark, cfg, a.ds, a.users, mean_cands=a.mean_candidates)), flush=True)
     run_day(spark, cfg, a.ds)
     _print_top(spark, cfg, a.ds, 3, 5)
     return 0

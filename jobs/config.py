@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,30 @@ def load_config(path: str | None, **overrides: Any) -> JobConfig:
         if raw.get(key) and not Path(raw[key]).is_absolute():
             raw[key] = str(Path(path).resolve().parent / raw[key])
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    return JobConfig(**raw)
+    return check_config(JobConfig(**raw), path or "(no file)")
+
+
+MINIMUM = {"users_per_batch": 1, "max_candidates_per_call": 1, "partitions": 0, "task_gpus": 0}
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_config(cfg: JobConfig, source: str) -> JobConfig:
+    """Every field of the type of its default and in range, else an error naming the file and key
+    (a string where a number belongs would otherwise fail inside a Spark worker, mid-job)."""
+    for f in fields(JobConfig):
+        value, default = getattr(cfg, f.name), getattr(JobConfig(), f.name)
+        kinds = (int, float) if isinstance(default, float) else (type(default),)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"job config {source}: {f.name} = {value!r} is not {_a(type(default))}")
+        if f.name in MINIMUM and value < MINIMUM[f.name]:
+            raise ValueError(f"job config {source}: {f.name} = {value!r}, must be at least {MINIMUM[f.name]}")
+    if not DEVICE.fullmatch(cfg.device):
+        raise ValueError(f"job config {source}: device = {cfg.device!r}, expected auto, cpu, cuda or cuda:N")
+    return cfg
+
+
+def _a(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", dict: "a table", list: "a list"}[kind]
 
 
 def parse_ds(ds: str, flag: str = "--ds") -> str:

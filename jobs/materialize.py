@@ -66,6 +66,8 @@ def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | N
     the one already online is skipped unless ``force``: a backfill of past days through the DAG
     must not put old state in front of online serving."""
     ds = parse_ds(ds)
+    if batch_rows < 1:
+        raise ValueError(f"--batch-rows must be at least 1, got {batch_rows}")
     t0 = time.perf_counter()
     apply_features(cfg, redis)
     store = feature_store(cfg.warehouse, redis)

@@ -73,6 +73,8 @@ def _items_of(cfg_scores, user_id):
 def test_online_store_serves_the_batch_state_and_scores(spark, scored_day, model_dir, store, request):
     cfg, state, scores = scored_day
     redis = request.getfixturevalue("redis_server") if store == "redis" else None
+    with pytest.raises(ValueError, match="--batch-rows must be at least 1, got 0"):
+        materialize_day(spark, cfg, DS, redis=redis, batch_rows=0)
     summary = materialize_day(spark, cfg, DS, redis=redis, batch_rows=7)  # several batches
     assert summary["user_state_rows"] == USERS
 

@@ -33,3 +33,25 @@ def test_spark_conf_pairs_split_at_the_first_equals_and_name_a_bad_one():
     assert conf == {"spark.driver.extraJavaOptions": "-XX:A=1 -XX:+B", "spark.master": "local[2]"}
     with pytest.raises(ValueError, match="'spark.master' is not of the form key=value"):
         spark_conf_pairs(["spark.master"])
+
+
+@pytest.mark.parametrize("line, message", [
+    ('spark = "x"', r"spark = 'x' is not a table"),
+    ('max_candidates_per_call = "4096"', r"max_candidates_per_call = '4096' is not an integer"),
+    ("users_per_batch = 0", r"users_per_batch = 0, must be at least 1"),
+    ("partitions = 2.5", r"partitions = 2.5 is not an integer"),
+    ("task_gpus = true", r"task_gpus = True is not a number"),
+    ('device = "gpu"', r"device = 'gpu', expected auto, cpu, cuda or cuda:N"),
+])
+def test_bad_values_are_named_with_the_file(tmp_path, line, message):
+    path = tmp_path / "job.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(ValueError, match=f"job config {path}: {message}"):
+        load_config(str(path))
+
+
+def test_good_values_pass(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('device = "cuda:1"\ntask_gpus = 1\npartitions = 0\n[spark]\n"spark.master" = "local[2]"\n')
+    cfg = load_config(str(path))
+    assert (cfg.device, cfg.task_gpus, cfg.spark) == ("cuda:1", 1, {"spark.master": "local[2]"})

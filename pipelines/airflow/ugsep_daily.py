@@ -15,6 +15,8 @@ Settings come from the Airflow Variable ``ugsep`` (JSON; every key optional, def
     spark_conf   Spark settings for every task
     gpu_conf     Spark settings for the model stages only (user-stage, score-stage), e.g.
                  {"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "0.25"}
+    redis        host:port of a Redis online store for the materialize task (default "": SQLite,
+                 or $UGSEP_REDIS in the worker's environment)
     start_date   first logical date (YYYY-MM-DD)
     schedule     cron expression (default "0 6 * * *"): each run scores the day its data interval starts
     max_active_runs, retries, retry_minutes
@@ -48,6 +50,7 @@ DEFAULTS: dict = {
     "packages": "io.delta:delta-spark_4.1_2.13:4.4.0",  # what configure_spark_with_delta_pip asks for
     "spark_conf": {},
     "gpu_conf": {},
+    "redis": "",
     "start_date": "2026-11-01",
     "schedule": "0 6 * * *",
     "max_active_runs": 1,
@@ -76,7 +79,8 @@ def spark_task(command: str, s: dict) -> SparkSubmitOperator:
         task_id=command.replace("-", "_"),
         conn_id=s["conn_id"],
         application=f"{s['home']}/cli/main.py",
-        application_args=[command, "--ds", "{{ ds }}", "--config", "{{ params.config }}"],
+        application_args=[command, "--ds", "{{ ds }}", "--config", "{{ params.config }}",
+                          *(["--redis", s["redis"]] if command == "materialize" and s["redis"] else [])],
         name=f"ugsep-{command}-{{{{ ds }}}}",
         packages=s["packages"],
         conf=conf,
