@@ -17,7 +17,7 @@ from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
 from jobs.report import observe_score_distribution
 from jobs.score_stage import day_candidates
-from jobs.validation import REASON, quarantine_rows, require_candidates, tally
+from jobs.validation import REASON, quarantine_rows, require_candidates, tally, user_reason
 from ugsep.features import PAD_ID, Field, FieldKind
 
 BASELINE_TABLE = "baseline_scores"
@@ -89,8 +89,8 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
             users = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES)).select("user_id", *user_cols)
             found = users.withColumn("_ufound", F.lit(True))
             tagged = day_candidates(cands, items, spec).join(found, "user_id", "left")
-            tagged = tagged.withColumn(REASON, F.coalesce(
-                F.col(REASON), F.when(F.col("_ufound").isNull(), F.lit("missing_user_features")))).persist()
+            # the user checks of the user stage, after the candidate checks, as the score stage orders them
+            tagged = tagged.withColumn(REASON, F.coalesce(F.col(REASON), user_reason(spec, "_ufound"))).persist()
             counts = tally(tagged, spec.item_fields)
             require_candidates(counts.rows, ds, cfg.table_path(CANDIDATES))
             summary.rows_in, summary.users, summary.quarantine_reasons = counts.rows, counts.users, counts.reasons

@@ -19,12 +19,11 @@ from jobs.report import observe_score_distribution
 from jobs.validation import (
     REASON,
     count_per_user,
-    dense_checks,
-    first_failure,
     quarantine_rows,
     require_candidates,
     tag_candidate_rows,
     tally_per_user,
+    user_reason,
 )
 from jobs.workers import SCORE_SCHEMA, score_user_rows
 from ugsep.features import FeatureSpec, FieldKind
@@ -76,9 +75,8 @@ def with_reasons_of_stateless_users(rows: DataFrame, feats: DataFrame, spec: Fea
     as in the user stage (checked after every candidate check)."""
     user_cols = non_key_columns(spec.user_fields, "user_id")
     joined = rows.join(feats.select("user_id", *user_cols).withColumn("_ufound", F.lit(True)), "user_id", "left")
-    checks = [(F.col("_ufound").isNull(), "missing_user_features"), *dense_checks(spec.user_fields)]
-    user_reason = F.when(F.col("_has_state").isNull(), first_failure(checks))
-    return joined.withColumn(REASON, F.coalesce(F.col(REASON), user_reason)).drop("_ufound")
+    stateless_reason = F.when(F.col("_has_state").isNull(), user_reason(spec, "_ufound"))
+    return joined.withColumn(REASON, F.coalesce(F.col(REASON), stateless_reason)).drop("_ufound")
 
 
 def cached_columns(spec: FeatureSpec) -> list[str]:

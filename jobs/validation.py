@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from ugsep.features import FeatureSpec, Field, FieldKind
 
 REASON = "_reason"
+KEYS = ("user_id", "item_id")
 
 
 class EmptyDayError(ValueError):
@@ -31,25 +32,32 @@ def first_failure(checks: list[tuple[Column, str | Column]]) -> Column:
                   F.when(checks[0][0], F.lit(checks[0][1]))).otherwise(F.lit(None).cast("string"))
 
 
-def dense_checks(fields: tuple[Field, ...]) -> list[tuple[Column, str]]:
-    """A dense value must be there and finite: the model has no meaning for null, NaN or inf."""
+def value_checks(fields: tuple[Field, ...]) -> list[tuple[Column, str]]:
+    """A dense value must be there and finite, a categorical one there: the model has no meaning
+    for null, NaN or inf, and a null id would be scored as id 0, a real id. (Keys have their own checks.)"""
     checks = []
     for f in fields:
+        c = F.col(f.name)
         if f.kind == FieldKind.DENSE:
-            c = F.col(f.name)
             checks += [(c.isNull(), f"null_{f.name}"),
                        (F.isnan(c) | (F.abs(c) == float("inf")), f"non_finite_{f.name}")]
+        elif f.kind == FieldKind.CATEGORICAL and f.name not in KEYS:
+            checks.append((c.isNull(), f"null_{f.name}"))
     return checks
+
+
+def user_reason(spec: FeatureSpec, found: str = "_found") -> Column:
+    """Why a user's joined feature row (``found`` marks one) cannot be used, or null: missing, or a bad value."""
+    return first_failure([(F.col(found).isNull(), "missing_user_features"), *value_checks(spec.user_fields)])
 
 
 def tag_user_rows(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Users joined with their features (``_found`` marks a feature row) get a reason column."""
-    checks = [(F.col("_found").isNull(), "missing_user_features"), *dense_checks(spec.user_fields)]
-    return df.withColumn(REASON, first_failure(checks))
+    return df.withColumn(REASON, user_reason(spec))
 
 
 def tag_candidate_rows(df: DataFrame, spec: FeatureSpec) -> DataFrame:
-    """Candidates joined with item features: null keys, duplicates, missing items, bad dense.
+    """Candidates joined with item features: null keys, duplicates, missing items, bad values.
     Of duplicate (user, item) rows the first by recency is kept: in each user's rows by item and
     recency, a row is a duplicate when the one before it has the same item. One window per user,
     not per (user, item) pair: 20% less CPU than row_number over 2M one-row groups."""
@@ -60,7 +68,7 @@ def tag_candidate_rows(df: DataFrame, spec: FeatureSpec) -> DataFrame:
         (F.col("item_id").isNull(), "null_item_id"),
         (F.col("_dup"), "duplicate_candidate"),
         (F.col("_found").isNull(), "missing_item_features"),
-        *dense_checks(spec.item_fields),
+        *value_checks(spec.item_fields),
     ]
     return df.withColumn("_dup", duplicate).withColumn(REASON, first_failure(checks)).drop("_dup")
 
@@ -118,4 +126,4 @@ def tally_per_user(per_user: DataFrame, fields: tuple[Field, ...]) -> Tally:
 
 
 def _tallied_categoricals(fields: tuple[Field, ...]) -> list[Field]:
-    return [f for f in fields if f.kind == FieldKind.CATEGORICAL and f.name not in ("user_id", "item_id")]
+    return [f for f in fields if f.kind == FieldKind.CATEGORICAL and f.name not in KEYS]

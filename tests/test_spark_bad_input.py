@@ -33,6 +33,7 @@ def users_rows():
         (3, 5, 0, 7, [3], float("nan"), NOW),  # bad dense value -> user quarantined
         (4, 6, 3, 8, [4, 5, 6], 2.0, NOW),
         (6, 1, 1, 2, [2], None, NOW),  # null dense value -> user quarantined
+        (7, None, 1, 2, [2], 0.5, NOW),  # null categorical value -> user quarantined (not scored as id 0)
     ]
 
 
@@ -46,6 +47,7 @@ def items_rows():
         (11, 2, [2, 3], 1.0, 0.1, NOW),
         (12, 999, [], 5.0, 2.0, NOW),  # category outside the buckets -> hashed and counted
         (13, 4, [5], float("inf"), 1.0, NOW),  # bad dense value -> its candidates quarantined
+        (14, None, [1], 1.0, 1.0, NOW),  # null categorical value -> its candidates quarantined
     ]
 
 
@@ -61,6 +63,8 @@ def candidate_rows():
         (DS, 9, 10, 1.0),  # user without features
         (DS, 3, 10, 1.0),  # user whose features hold NaN
         (DS, 6, 11, 1.0),  # user whose features hold a null
+        (DS, 7, 10, 1.0),  # user whose segment is null
+        (DS, 1, 14, 1.0),  # item whose category is null
     ]
 
 
@@ -78,14 +82,15 @@ def test_bad_rows_are_quarantined_with_reasons(spark, bad_day):
     from jobs.user_stage import run_user_stage
 
     user = run_user_stage(spark, cfg, DS)
-    assert user["quarantine_reasons"] == {"missing_user_features": 1, "non_finite_activity": 1, "null_activity": 1}
+    assert user["quarantine_reasons"] == {"missing_user_features": 1, "non_finite_activity": 1, "null_activity": 1,
+                                          "null_segment": 1}
     assert user["rows_out"] == 3  # users 1, 2, 4
     reasons = {
         "duplicate_candidate": 1, "null_user_id": 1, "null_item_id": 1,
-        "missing_item_features": 1, "non_finite_price": 1,
-        "missing_user_features": 1, "non_finite_activity": 1, "null_activity": 1,  # users 9, 3, 6: no state
+        "missing_item_features": 1, "non_finite_price": 1, "null_category": 1,
+        "missing_user_features": 1, "non_finite_activity": 1, "null_activity": 1, "null_segment": 1,  # users 9, 3, 6, 7
     }
-    # users 9, 3 and 6 have no state because their features are bad: quarantined, the day goes on
+    # users 9, 3, 6 and 7 have no state because their features are bad: quarantined, the day goes on
     summary = run_score_stage(spark, cfg, DS)
     assert summary["quarantine_reasons"] == reasons and summary["users_computed_on_the_fly"] == 0
     assert summary["rows_out"] + summary["rows_quarantined"] == summary["rows_in"] == len(candidate_rows())
@@ -127,16 +132,22 @@ def test_bad_rows_are_quarantined_with_reasons(spark, bad_day):
 
     # `ugsep run` counts candidates in rows_quarantined and the user stage's users apart
     run = run_day(spark, cfg, DS)
-    assert run["users_quarantined"] == 3  # users 9, 3, 6 (user 5 now has state)
+    assert run["users_quarantined"] == 4  # users 9, 3, 6, 7 (user 5 now has state)
     assert run["rows_quarantined"] == sum(reasons.values())
     assert run["rows_out"] + run["rows_quarantined"] == run["rows_in"]
+
+    # the naive one-stage job quarantines the same rows for the same reasons
+    from jobs.baseline import run_baseline
+
+    baseline = run_baseline(spark, cfg, DS)
+    assert baseline["quarantine_reasons"] == reasons
+    assert baseline["rows_out"] + baseline["rows_quarantined"] == baseline["rows_in"] == run["rows_in"]
 
     # the day's candidates are gone (a dropped partition, data not landed): every job fails, naming the
     # table, and the day's scores and state stay as they were
     from delta.tables import DeltaTable
 
     from features.contracts import USER_STATE
-    from jobs.baseline import run_baseline
     from jobs.user_stage import run_user_stage
     from jobs.validation import EmptyDayError
 
