@@ -15,6 +15,9 @@ class TableContract:
     columns: tuple[tuple[str, str], ...]  # (column, Spark DDL type)
     partition_by: tuple[str, ...] = ()
     properties: tuple[tuple[str, str], ...] = ()  # Delta table properties set when the table is created
+    # a feature table may keep history: readers take, per key, the row with the latest ``latest_by``
+    key: tuple[str, ...] = ()
+    latest_by: str = ""
 
     @property
     def ddl(self) -> str:
@@ -41,6 +44,8 @@ USER_FEATURES = TableContract(
         ("activity", "double"),
         ("updated_at", "timestamp"),
     ),
+    key=("user_id",),
+    latest_by="updated_at",
 )
 ITEM_FEATURES = TableContract(
     "item_features",
@@ -52,6 +57,8 @@ ITEM_FEATURES = TableContract(
         ("popularity", "double"),
         ("updated_at", "timestamp"),
     ),
+    key=("item_id",),
+    latest_by="updated_at",
 )
 USER_STATE = TableContract(
     "user_state",

@@ -34,12 +34,22 @@ def ensure_table(spark: SparkSession, contract: TableContract, path: str) -> Non
 
 
 def read_table(spark: SparkSession, contract: TableContract, path: str) -> DataFrame:
-    """Read a Delta table and check it has every contract column with the contract type."""
+    """Read a Delta table and check it has every contract column with the contract type. A table
+    with a ``latest_by`` column reads as its latest row per key: joined with history, a key's older
+    rows would copy every candidate or user that joins it."""
     if not DeltaTable.isDeltaTable(spark, path):
         raise ContractError(f"table {contract.name}: no Delta table at {path}")
     df = spark.read.format("delta").load(path)
     check_contract(df, contract)
-    return df
+    return latest_per_key(df, contract) if contract.latest_by else df
+
+
+def latest_per_key(df: DataFrame, contract: TableContract) -> DataFrame:
+    """Per key, the row with the greatest ``latest_by``; ties go to the greatest row (a struct
+    compares field by field), so a rerun picks the same one."""
+    rest = [c for c in df.columns if c not in contract.key and c != contract.latest_by]
+    latest = F.max(F.struct(contract.latest_by, *rest)).alias("_latest")
+    return df.groupBy(*contract.key).agg(latest).select(*contract.key, "_latest.*").select(*df.columns)
 
 
 def check_contract(df: DataFrame, contract: TableContract) -> None:

@@ -37,6 +37,11 @@ def users_rows():
     ]
 
 
+# feature history: older rows of user 1 and item 10, with other values; the latest row is the one used
+OLD_FEATURES = NOW - dt.timedelta(days=1)
+OLD_USER_ROWS = [(1, 3, 2, 5, [1, 2], 99.0, OLD_FEATURES)]
+OLD_ITEM_ROWS = [(10, 1, [1], 0.01, 0.5, OLD_FEATURES), (10, 7, [2], 3.0, 0.5, OLD_FEATURES)]
+
 LATE_USER = (5, 2, 1, 4, [2], 0.7, NOW)  # valid features, added after the user stage ran: no state
 LATE_CANDIDATE = (DS, 5, 12, 1.0)
 
@@ -70,8 +75,8 @@ def candidate_rows():
 
 @pytest.fixture
 def bad_day(spark, job_cfg):
-    write(spark, job_cfg, USER_FEATURES, users_rows())
-    write(spark, job_cfg, ITEM_FEATURES, items_rows())
+    write(spark, job_cfg, USER_FEATURES, OLD_USER_ROWS + users_rows())
+    write(spark, job_cfg, ITEM_FEATURES, OLD_ITEM_ROWS + items_rows())
     write(spark, job_cfg, CANDIDATES, candidate_rows())
     return job_cfg
 
@@ -112,7 +117,7 @@ def test_bad_rows_are_quarantined_with_reasons(spark, bad_day):
     dup = q.loc[q["reason"] == "duplicate_candidate", "row"].map(json.loads).iloc[0]
     assert dup["user_id"] == 2 and dup["item_id"] == 10 and dup["recency"] == 5.0
 
-    # the surviving scores equal the model on the same rows
+    # the surviving scores equal the model on the same rows, with each key's latest features
     scores = spark.read.format("delta").load(cfg.table_path(SCORES)).where(F.col("ds") == DS).toPandas()
     model = make_model(seed=5)
     u = {r[0]: r for r in users_rows() + [LATE_USER]}
