@@ -11,6 +11,7 @@ from pyspark.sql import SparkSession
 from features.contracts import TableContract
 from jobs.config import parse_ds
 from jobs.delta_io import ensure_table
+from jobs.spark_progress import stage_progress
 from jobs.summary import JobSummary
 from ugsep.checkpoint import load_checkpoint
 from ugsep.model import RankingModel
@@ -32,7 +33,7 @@ def start_job(spark: SparkSession, job: str, ds: str, ckpt: str, outputs: list[t
     ds = parse_ds(ds)
     for path in stale_summaries:
         path.unlink(missing_ok=True)
-    summary = JobSummary(job, ds, unit=unit)
+    summary = JobSummary(job, ds, unit=unit, progress=stage_progress(spark))
     with summary.timed("start"):  # counted in the job's seconds and throughput like any step
         model, version = load_checkpoint(ckpt)
         for contract, path in outputs:

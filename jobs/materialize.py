@@ -94,7 +94,7 @@ def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | N
     secs = time.perf_counter() - t0
     out = {"job": "materialize", "ds": ds, "user_state_rows": n_state, "user_feature_rows": n_feats,
            "online_store": "redis" if (redis or store.config.online_store.type == "redis") else "sqlite",
-           "seconds": round(secs, 2), "users_per_s": round((n_state + n_feats) / secs, 1)}
+           "seconds": round(secs, 2), "rows_per_s": round((n_state + n_feats) / secs, 1)}
     print(f"materialize ds={ds} user_state={n_state} user_features={n_feats} seconds={secs:.1f} "
-          f"rows/s={out['users_per_s']:,}", flush=True)
+          f"rows/s={out['rows_per_s']:,} (state and feature rows)", flush=True)
     return out

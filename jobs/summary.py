@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,22 +29,39 @@ class JobSummary:
     unknown_categorical: dict[str, int] = field(default_factory=dict)
     users_computed_on_the_fly: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    # while a step runs, a line every ``progress_every`` seconds with what ``progress`` says (if anything)
+    progress: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
+    progress_every: float = field(default=30.0, repr=False, compare=False)
 
     @contextmanager
     def timed(self, step: str):
-        """Time a step and print a progress line when it starts and ends."""
-        print(f"[{self.job} {self.ds}] {step} ...", file=sys.stderr, flush=True)
+        """Time a step and print a progress line when it starts, while it runs and when it ends."""
+        label = f"[{self.job} {self.ds}] {step}"
+        print(f"{label} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        yield
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(label, t0, stop), daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
         self.seconds[step] = round(time.perf_counter() - t0, 3)
-        print(f"[{self.job} {self.ds}] {step} done in {self.seconds[step]:.1f}s", file=sys.stderr, flush=True)
+        print(f"{label} done in {self.seconds[step]:.1f}s", file=sys.stderr, flush=True)
+
+    def _heartbeat(self, label: str, t0: float, stop: threading.Event) -> None:
+        while not stop.wait(self.progress_every):
+            said = self.progress() if self.progress else None
+            print(f"{label}: {time.perf_counter() - t0:.0f}s" + (f", {said}" if said else ""),
+                  file=sys.stderr, flush=True)
 
     @property
     def total_seconds(self) -> float:
         return round(sum(self.seconds.values()), 3)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k not in ("progress", "progress_every")}
         d["total_seconds"] = self.total_seconds
         d[f"{self.unit}_per_s"] = round(self.rows_in / self.total_seconds, 1) if self.total_seconds else 0.0
         return d

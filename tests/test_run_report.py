@@ -160,3 +160,38 @@ def test_score_distribution_matches_numpy(spark, rng):
     empty = observed_while_written(df.limit(0))  # every candidate of the day quarantined
     assert sum(empty["score_histogram"]["counts"]) == empty["score_histogram"]["out_of_range"] == 0
     assert set(empty["score_quantiles"].values()) == {None}
+
+
+def test_a_long_step_prints_progress_while_it_runs(capsys):
+    """The heartbeat of JobSummary.timed (the Spark stage progress it prints is faked here)."""
+    import time
+
+    said = iter(["1/8 tasks of 1 active stage(s) done", None, "7/8 tasks of 1 active stage(s) done"])
+    s = JobSummary("user-stage", "2026-11-01", progress=lambda: next(said, None), progress_every=0.05)
+    with s.timed("encode+write"):
+        time.sleep(0.2)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "[user-stage 2026-11-01] encode+write ..." and err[-1].endswith("done in 0.2s")
+    beats = err[1:-1]
+    assert len(beats) >= 3 and all(b.startswith("[user-stage 2026-11-01] encode+write: 0s") for b in beats)
+    assert beats[0].endswith(", 1/8 tasks of 1 active stage(s) done") and beats[1].endswith(": 0s")
+    assert 0.2 <= s.seconds["encode+write"] < 1 and "progress" not in s.to_dict()
+
+
+@pytest.mark.spark
+def test_stage_progress_reads_the_running_stage(spark):
+    import threading
+    import time
+
+    from jobs.spark_progress import stage_progress
+
+    describe = stage_progress(spark)
+    assert describe() is None  # nothing running
+    job = threading.Thread(target=lambda: spark.sparkContext.parallelize(range(4), 4).foreach(
+        lambda _: time.sleep(1.5)))
+    job.start()
+    seen = []
+    while job.is_alive():
+        seen.append(describe())
+        time.sleep(0.1)
+    assert any(s is not None and s.endswith("/4 tasks of 1 active stage(s) done") for s in seen), seen
