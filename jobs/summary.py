@@ -52,7 +52,10 @@ class JobSummary:
 
     def _heartbeat(self, label: str, t0: float, stop: threading.Event) -> None:
         while not stop.wait(self.progress_every):
-            said = self.progress() if self.progress else None
+            try:
+                said = self.progress() if self.progress else None
+            except Exception:  # noqa: BLE001 (a progress line must never fail the job)
+                said = None
             print(f"{label}: {time.perf_counter() - t0:.0f}s" + (f", {said}" if said else ""),
                   file=sys.stderr, flush=True)
 
