@@ -76,8 +76,8 @@ def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | N
     if online_ds is not None and ds < online_ds and not force:
         print(f"materialize ds={ds}: skipped, the online store holds user_state of the later ds={online_ds} "
               "(--force writes this day over it)", flush=True)
-        return {"job": "materialize", "ds": ds, "skipped": f"user_state of ds={online_ds} is online",
-                "user_state_rows": 0, "user_feature_rows": 0}
+        return _emit(cfg, {"job": "materialize", "ds": ds, "skipped": f"user_state of ds={online_ds} is online",
+                           "user_state_rows": 0, "user_feature_rows": 0})
     state = (read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
              .select("user_id", "model_version", "state", "created_at",
                      # rows written before event_ts existed hold null there
@@ -97,4 +97,12 @@ def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | N
            "seconds": round(secs, 2), "rows_per_s": round((n_state + n_feats) / secs, 1)}
     print(f"materialize ds={ds} user_state={n_state} user_features={n_feats} seconds={secs:.1f} "
           f"rows/s={out['rows_per_s']:,} (state and feature rows)", flush=True)
+    return _emit(cfg, out)
+
+
+def _emit(cfg: JobConfig, out: dict) -> dict:
+    """Keep the result as warehouse/_summaries/materialize_<ds>.json, beside the other jobs' summaries."""
+    path = cfg.summary_path("materialize", out["ds"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
     return out

@@ -1,6 +1,7 @@
 """Real Feast over the real Delta tables: apply, materialize, online lookups, online scoring."""
 
 import calendar
+import json
 import shutil
 import socket
 import subprocess
@@ -77,6 +78,7 @@ def test_online_store_serves_the_batch_state_and_scores(spark, scored_day, model
         materialize_day(spark, cfg, DS, redis=redis, batch_rows=0)
     summary = materialize_day(spark, cfg, DS, redis=redis, batch_rows=7)  # several batches
     assert summary["user_state_rows"] == USERS
+    assert json.loads(cfg.summary_path("materialize", DS).read_text()) == summary
 
     scorer = OnlineScorer(model_dir, cfg.warehouse, redis=redis)
     versions, flats = scorer.fetch_states(state["user_id"].tolist())
