@@ -79,11 +79,12 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 def check_config(cfg: JobConfig, source: str) -> JobConfig:
     """Every field of the type of its default and in range, else an error naming the file and key
     (a string where a number belongs would otherwise fail inside a Spark worker, mid-job)."""
+    defaults = JobConfig()
     for f in fields(JobConfig):
-        value, default = getattr(cfg, f.name), getattr(JobConfig(), f.name)
+        value, default = getattr(cfg, f.name), getattr(defaults, f.name)
         kinds = (int, float) if isinstance(default, float) else (type(default),)
         if isinstance(value, bool) or not isinstance(value, kinds):
-            raise ValueError(f"job config {source}: {f.name} = {value!r} is not {_a(type(default))}")
+            raise ValueError(f"job config {source}: {f.name} = {value!r} is not {_type_name(type(default))}")
         if f.name in MINIMUM and value < MINIMUM[f.name]:
             raise ValueError(f"job config {source}: {f.name} = {value!r}, must be at least {MINIMUM[f.name]}")
     if not DEVICE.fullmatch(cfg.device):
@@ -91,7 +92,7 @@ def check_config(cfg: JobConfig, source: str) -> JobConfig:
     return cfg
 
 
-def _a(kind: type) -> str:
+def _type_name(kind: type) -> str:
     return {int: "an integer", float: "a number", str: "a string", dict: "a table", list: "a list"}[kind]
 
 

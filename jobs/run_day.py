@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyspark.sql import SparkSession
 
-from features.contracts import QUARANTINE, SCORES, USER_STATE
+from jobs import score_stage, user_stage
 from jobs.config import JobConfig, parse_ds
 from jobs.delta_io import ensure_table
 from jobs.report import SCORE_DISTRIBUTION_KEYS
@@ -18,7 +18,7 @@ from ugsep.checkpoint import read_spec
 def ensure_run_tables(spark: SparkSession, cfg: JobConfig) -> None:
     """Create (or bring up to date) the tables `ugsep run` writes, before days run side by side:
     two days creating or altering one Delta table at once conflict, and one of them fails."""
-    for contract in (USER_STATE, SCORES, QUARANTINE):
+    for contract in dict.fromkeys(user_stage.OUTPUTS + score_stage.OUTPUTS):
         ensure_table(spark, contract, cfg.table_path(contract))
 
 

@@ -28,6 +28,8 @@ from jobs.validation import (
 from jobs.workers import SCORE_SCHEMA, score_user_rows
 from ugsep.features import FeatureSpec, FieldKind
 
+OUTPUTS = (SCORES, QUARANTINE)  # the tables this stage writes
+
 
 class UserStateError(RuntimeError):
     """User state is missing or was written by another model version."""
@@ -122,7 +124,7 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
                     day: CheckedDay | None = None) -> dict:
     """Score the day's candidates with the day's user state and write the day's scores.
     ``day``: the day's ``cached_day`` if the caller holds it, else read here."""
-    job = start_job(spark, "score-stage", ds, cfg.model, [(c, cfg.table_path(c)) for c in (SCORES, QUARANTINE)],
+    job = start_job(spark, "score-stage", ds, cfg.model, [(c, cfg.table_path(c)) for c in OUTPUTS],
                     stale_summaries=(cfg.summary_path("score-stage", ds), cfg.summary_path("run", ds)))
     if day is not None:
         return _score_day(spark, cfg, job, day, compute_missing)

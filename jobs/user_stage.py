@@ -16,6 +16,8 @@ from jobs.validation import REASON, quarantine_rows, require_candidates, tag_use
 from jobs.workers import STATE_SCHEMA, encode_user_batches
 from ugsep.features import FeatureSpec
 
+OUTPUTS = (USER_STATE, QUARANTINE)  # the tables this stage writes
+
 
 def day_users(candidates: DataFrame, user_features: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Distinct users of the day's candidates (any rows with their user_id) joined with their
@@ -38,7 +40,7 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: Dat
     of every candidate of the day if the caller has them already (`ugsep run`: the cached day's
     per-user counts), else the candidates are read here."""
     job = start_job(spark, "user-stage", ds, cfg.model,
-                    [(c, cfg.table_path(c)) for c in (USER_STATE, QUARANTINE)], unit="users",
+                    [(c, cfg.table_path(c)) for c in OUTPUTS], unit="users",
                     stale_summaries=(cfg.summary_path("user-stage", ds), cfg.summary_path("run", ds)))
     ds, model, version, summary, run_id = job.ds, job.model, job.version, job.summary, job.run_id
     tagged = None
