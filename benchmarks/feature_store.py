@@ -21,16 +21,16 @@ import time
 import numpy as np
 import torch
 
-from features.contracts import USER_STATE
-from features.online_scorer import OnlineScorer
-from features.online_write import write_arrow
-from features.store import feature_store
+from feature_store.online_write import write_arrow
+from feature_store.store import feature_store
 from jobs.config import JobConfig
+from jobs.contracts import USER_STATE
 from jobs.delta_io import read_table
 from jobs.generate import generate_tables, synthetic_tables
 from jobs.materialize import materialize_day
 from jobs.spark_session import build_spark
 from jobs.user_stage import run_user_stage
+from serving.online_scorer import OnlineScorer
 from ugsep.checkpoint import save_checkpoint
 from ugsep.data.ranking_data import to_tensors
 from ugsep.data.synthetic import synthetic_spec

@@ -39,9 +39,8 @@ from jobs.config import JobConfig, spark_conf_pairs
 from jobs.generate import generate_tables, synthetic_tables
 from jobs.run_day import run_day
 from jobs.spark_session import build_spark
-from jobs.workers import whole_user_cuts
 from ugsep.checkpoint import load_checkpoint, save_checkpoint
-from ugsep.data.ranking_data import RankingData, to_tensors
+from ugsep.data.ranking_data import RankingData, to_tensors, whole_user_cuts
 from ugsep.data.synthetic import join_day, synthetic_spec
 from ugsep.host_memory import keep_freed_memory
 from ugsep.model import ModelConfig, RankingModel

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.arrow_columns import field_columns, to_arrow_column, user_rows_batch
+from jobs.arrow_columns import field_columns, to_arrow_column
+from jobs.score_stream import user_rows_batch
 from jobs.workers import cached_model, encode_user_batches, score_user_rows
 from ugsep.checkpoint import save_checkpoint
 from ugsep.data.ranking_data import to_tensors

@@ -38,16 +38,6 @@ def field_columns(cols: Mapping[str, pa.Array], fields: tuple[Field, ...]) -> di
     return out
 
 
-def fixed_width(arr: pa.Array, width: int) -> np.ndarray:
-    """list<float>, every non-null row of length ``width`` -> (non-null rows, width) float32."""
-    rows = len(arr) - arr.null_count
-    values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float32)
-    if values.size != rows * width:
-        raise ValueError(f"user state rows do not all have width {width} (got {values.size} values "
-                         f"for {rows} users)")
-    return values.reshape(rows, width)
-
-
 def list_column(matrix: np.ndarray) -> pa.ListArray:
     """(B, W) float -> list<float> Arrow column."""
     b, w = matrix.shape
@@ -62,16 +52,3 @@ def to_arrow_column(values: np.ndarray) -> pa.Array:
     if values.dtype.kind == "f":
         return pa.array(values.astype(np.float64))
     return pa.array(values.astype(np.int64))
-
-
-def user_rows_batch(user_ids: np.ndarray, state: pa.Array, items: dict[str, np.ndarray],
-                    counts: np.ndarray, extra: dict[str, pa.Array] | None = None) -> pa.RecordBatch:
-    """The score stage's row shape: ``counts[u]`` consecutive candidate rows for user u, the
-    user's state on the user's first row only (null on the others); ``extra`` user columns on every row."""
-    owner = np.repeat(np.arange(len(counts)), counts)
-    first = np.zeros(len(owner), dtype=bool)
-    first[(np.cumsum(counts) - counts)[counts > 0]] = True
-    state_rows = state.take(pa.array(np.where(first, owner, 0), mask=~first))
-    user_cols = {k: v.take(pa.array(owner)) for k, v in (extra or {}).items()}
-    return pa.RecordBatch.from_pydict({"user_id": to_arrow_column(user_ids[owner]), "state": state_rows,
-                                       **{k: to_arrow_column(v) for k, v in items.items()}, **user_cols})

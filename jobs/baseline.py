@@ -11,8 +11,8 @@ from pyspark.sql import Column, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType
 
-from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, non_key_columns
 from jobs.config import JobConfig
+from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, non_key_columns
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
 from jobs.report import observe_score_distribution

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from features.contracts import TableContract
+from jobs.contracts import TableContract
 
 
 @dataclass
@@ -22,9 +21,8 @@ class JobConfig:
     partitions: int = 0  # partitions for the model stages; 0 = Spark's default parallelism
     device: str = "auto"  # "auto": the GPU Spark assigned, else CUDA if visible, else CPU
     task_gpus: float = 0.0  # >0: ask for GPUs per task in the model stages (stage-level scheduling)
+    redis: str = ""  # host:port of a Redis online store; "" = $UGSEP_REDIS if set, else SQLite in the warehouse
     spark: dict[str, Any] = field(default_factory=dict)  # any spark.* setting
-    fail_once_marker: str = ""  # tests only: first worker to see no marker file creates it and dies
-    fail_days: list[str] = field(default_factory=list)  # tests only: `ugsep run` fails for these days
 
     def table_path(self, table: TableContract | str) -> str:
         name = table if isinstance(table, str) else table.name
@@ -108,4 +106,4 @@ def parse_ds(ds: str, flag: str = "--ds") -> str:
 
 def day_start(ds: str) -> int:
     """Seconds since the epoch at 00:00 UTC of day ``ds``: the event time of what a job computes for that day."""
-    return int(dt.datetime.combine(dt.date.fromisoformat(parse_ds(ds)), dt.time(), dt.timezone.utc).timestamp())
+    return int(dt.datetime.combine(dt.date.fromisoformat(parse_ds(ds)), dt.time(), dt.UTC).timestamp())

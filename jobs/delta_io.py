@@ -7,7 +7,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from features.contracts import TableContract
+from jobs.contracts import TableContract
 
 
 class ContractError(ValueError):

@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
-from features.contracts import CANDIDATES, ITEM_FEATURES, USER_FEATURES, TableContract
 from jobs.arrow_columns import to_arrow_column
 from jobs.config import JobConfig, parse_ds
+from jobs.contracts import CANDIDATES, ITEM_FEATURES, USER_FEATURES, TableContract
 from jobs.delta_io import ensure_table, replace_day
 from ugsep.data.synthetic import generate_day
 
@@ -43,7 +43,7 @@ def generate_tables(spark: SparkSession, cfg: JobConfig, ds: str, n_users: int, 
     """Candidates for ``ds`` replace that day; the feature tables are rewritten as snapshots."""
     t0 = time.perf_counter()
     users, items, candidates = synthetic_tables(parse_ds(ds), n_users, n_items, mean_cands, max_cands)
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     for contract in (CANDIDATES, USER_FEATURES, ITEM_FEATURES):
         ensure_table(spark, contract, cfg.table_path(contract))
     run_id = f"generate-{ds}-{uuid.uuid4().hex[:8]}"

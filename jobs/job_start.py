@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from features.contracts import TableContract
 from jobs.config import parse_ds
+from jobs.contracts import TableContract
 from jobs.delta_io import ensure_table
 from jobs.spark_progress import stage_progress
 from jobs.summary import JobSummary

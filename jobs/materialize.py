@@ -18,18 +18,23 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.contracts import USER_FEATURES, USER_STATE
-from features.definitions import feast_objects
-from features.online_write import write_arrow
-from features.store import feature_store
+from feature_store.definitions import feast_objects
+from feature_store.online_write import write_arrow
+from feature_store.store import feature_store
 from jobs.config import JobConfig, day_start, parse_ds
+from jobs.contracts import ITEM_FEATURES, USER_FEATURES, USER_STATE
 from jobs.delta_io import read_table
+
+
+def warehouse_feast_objects(cfg: JobConfig) -> list:
+    """The Feast objects over this config's warehouse tables."""
+    return feast_objects(*(cfg.table_path(t) for t in (USER_STATE, USER_FEATURES, ITEM_FEATURES)))
 
 
 def apply_features(cfg: JobConfig, redis: str | None = None) -> list[str]:
     """Register the entity and feature views (idempotent); returns the names registered."""
-    store = feature_store(cfg.warehouse, redis)
-    objects = feast_objects(cfg.table_path)
+    store = feature_store(cfg.warehouse, redis or cfg.redis or None)
+    objects = warehouse_feast_objects(cfg)
     store.apply(objects)
     return [o.name for o in objects]
 
@@ -69,6 +74,7 @@ def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | N
     if batch_rows < 1:
         raise ValueError(f"--batch-rows must be at least 1, got {batch_rows}")
     t0 = time.perf_counter()
+    redis = redis or cfg.redis or None
     apply_features(cfg, redis)
     store = feature_store(cfg.warehouse, redis)
     marker = online_ds_marker(cfg, store)

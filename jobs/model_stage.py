@@ -8,6 +8,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 
 from jobs.config import JobConfig
+from jobs.faults import worker_exit_marker
 
 
 def _resource_profile(cfg: JobConfig):
@@ -22,7 +23,7 @@ ARROW_BATCH_ROWS = 10_000  # Spark's default spark.sql.execution.arrow.maxRecord
 
 def arrow_batch_rows(cfg: JobConfig) -> int:
     """Rows per Arrow batch for every model stage of a config: Spark's default or the score
-    stage's per-call cap if larger (4096-row batches cost ~5% more CPU). The setting is
+    stage's per-call cap if larger (smaller batches cost more CPU per row). The setting is
     session-wide, so stages of days run at once (`backfill --parallel`) must all set one value;
     the workers cut the batches into model calls themselves."""
     return max(cfg.max_candidates_per_call, ARROW_BATCH_ROWS)
@@ -30,10 +31,10 @@ def arrow_batch_rows(cfg: JobConfig) -> int:
 
 def map_in_arrow_with_model(df: DataFrame, worker: Callable, schema: pa.Schema, cfg: JobConfig,
                             ckpt: str) -> DataFrame:
-    """``worker(batches, ckpt, device, fail_marker)`` runs in each Python worker on Arrow batches
+    """``worker(batches, ckpt, device, exit_marker)`` runs in each Python worker on Arrow batches
     of ``arrow_batch_rows(cfg)`` rows; the device is picked there from the task's GPU assignment
     (TaskContext), so no CUDA touches the driver."""
-    setting, marker = cfg.device, cfg.fail_once_marker
+    setting, marker = cfg.device, worker_exit_marker()  # read on the driver, shipped in the closure
 
     def run(batches):
         import torch
@@ -48,7 +49,7 @@ def map_in_arrow_with_model(df: DataFrame, worker: Callable, schema: pa.Schema, 
 
     df.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_batch_rows(cfg)))
     # Batches are bounded by rows. Int.MaxValue bytes turns off Spark's byte check, which sums
-    # every column's buffer sizes after each row: a third of the stream's JVM CPU on 2M rows.
+    # every column's buffer sizes after each row.
     df.sparkSession.conf.set("spark.sql.execution.arrow.maxBytesPerBatch", str(2**31 - 1))
     ddl = ", ".join(f"{f.name} {_ddl(f.type)}" for f in schema)
     is_local = df.sparkSession.sparkContext.master.startswith("local")

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
-from features.contracts import SCORES
 from jobs.config import JobConfig
+from jobs.contracts import SCORES
 from jobs.delta_io import read_table
 
 

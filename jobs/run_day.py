@@ -7,6 +7,8 @@ from pyspark.sql import SparkSession
 from jobs import score_stage, user_stage
 from jobs.config import JobConfig, parse_ds
 from jobs.delta_io import ensure_table
+from jobs.faults import check_day
+from jobs.materialize import materialize_day
 from jobs.report import SCORE_DISTRIBUTION_KEYS
 from jobs.run_report import report_paths
 from jobs.score_stage import cached_day, run_score_stage
@@ -22,13 +24,16 @@ def ensure_run_tables(spark: SparkSession, cfg: JobConfig) -> None:
         ensure_table(spark, contract, cfg.table_path(contract))
 
 
-def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False) -> dict:
-    """The user stage, then the score stage, on one cached read of the day's candidates."""
+def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False,
+            materialize: bool = False, redis: str | None = None) -> dict:
+    """The daily pipeline on one cached read of the day's candidates: the user stage, with
+    ``materialize`` the online store load (as the Airflow DAG's middle task), the score stage."""
     ds = parse_ds(ds)
-    if ds in cfg.fail_days:
-        raise RuntimeError(f"injected failure for ds={ds} (fail_days in the job config; tests only)")
+    check_day(ds)
     with cached_day(spark, cfg, ds, read_spec(cfg.model)) as day:  # one read and validation for both stages
         user = run_user_stage(spark, cfg, ds, day.per_user)
+        if materialize:
+            materialize_day(spark, cfg, ds, redis=redis)
         score = run_score_stage(spark, cfg, ds, compute_missing=compute_missing, day=day)
     summary = JobSummary(
         "run", ds, model_version=score["model_version"], rows_in=score["rows_in"], rows_out=score["rows_out"],

@@ -69,7 +69,7 @@ def draw_histogram(histogram: dict, path: Path, title: str) -> None:
     fig = Figure(figsize=(PNG_SIZE[0] / dpi, PNG_SIZE[1] / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    # fixed margins: the constrained layout engine took half of a ~0.3 s draw
+    # fixed margins: the constrained layout engine is slow
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.12, top=0.92)
     widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
     ax.bar(edges[:-1], counts, width=widths, align="edge", edgecolor="white")

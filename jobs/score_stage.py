@@ -7,15 +7,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE, non_key_columns
 from jobs.config import JobConfig
+from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE, non_key_columns
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import JobStart, start_job
 from jobs.model_stage import map_in_arrow_with_model
 from jobs.report import observe_score_distribution
+from jobs.score_stream import user_ordered_rows
 from jobs.validation import (
     REASON,
     count_per_user,
@@ -40,18 +41,6 @@ def day_candidates(candidates: DataFrame, item_features: DataFrame, spec: Featur
     item_cols = [f.name for f in spec.item_fields if f.name in item_features.columns and f.name != "item_id"]
     items = F.broadcast(item_features.select("item_id", *item_cols).withColumn("_found", F.lit(True)))
     return tag_candidate_rows(candidates.join(items, "item_id", "left"), spec)
-
-
-def user_ordered_rows(good: DataFrame, state: DataFrame) -> DataFrame:
-    """Good candidates with each user's rows consecutive, by item id, the user's state on the
-    first row only: a state crosses into Python once per user. The duplicate check already
-    sorted the rows so, and the planner drops the explicit sort (checked with explain()); it
-    keeps users whole if a future plan reorders rows (e.g. a shuffle join on item_id)."""
-    first = F.row_number().over(Window.partitionBy("user_id").orderBy("item_id")) == 1
-    states = state.select(F.col("user_id").alias("_state_user"), "state")
-    on = (F.col("user_id") == F.col("_state_user")) & F.col("_first")
-    joined = good.withColumn("_first", first).join(states, on, "left").drop("_state_user", "_first")
-    return joined.sortWithinPartitions("user_id", "item_id")
 
 
 def check_state_version(state: DataFrame, version: str, ds: str) -> None:
@@ -137,7 +126,7 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
     with summary.timed("read+validate"):
         state = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
         check_state_version(state, version, ds)
-        # counted on the per-user counts, not the candidates: the state flag joins 20k rows, not 2M
+        # counted on the per-user counts, not the candidates: the state flag joins a row per user
         users, cands = with_state_flag(day.per_user, state), day.candidates
         counts = tally_per_user(users, spec.item_fields)
         require_candidates(counts.rows, ds, cfg.table_path(CANDIDATES))

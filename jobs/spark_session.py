@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -16,21 +20,18 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.python.worker.reuse": "true",
     "spark.driver.memory": "4g",
-    # Generated classes kept for reuse. With the default 100, a session running a second day
-    # (a backfill) compiled its plans again and the JIT warmed them up again: 84 -> 65 JVM
-    # core-s for a 2M-candidate `ugsep run` on 2 cores.
+    # generated classes kept for reuse: with the default 100 a session's second day (a
+    # backfill) compiles its plans again and the JIT warms them up again
     "spark.sql.codegen.cache.maxEntries": "2000",
-    # `ugsep run` caches the checked day (a few narrow columns, ~50 bytes a candidate): building
-    # it uncompressed took 3.3-4.1 s instead of 3.9-5.4 s for 2M candidates on 2 cores.
+    # `ugsep run` caches the checked day (a few narrow columns): uncompressed builds faster
     "spark.sql.inMemoryColumnarStorage.compressed": "false",
     # A day's write has one partition value (ds): with an open writer per value, up to 4, rows go
     # straight to their file instead of through a sort by the partition column first.
     "spark.sql.maxConcurrentOutputFileWriters": "4",
-    # The throughput collector: no concurrent marking threads and cheaper write barriers than
-    # G1. In local mode the driver runs the tasks: 4-6 fewer JVM core-s per 2M-candidate day.
-    # JIT thresholds x5: each day still compiled ~1,500 planning methods run only a few hundred
-    # times (catalyst rules, Delta's log code) while per-row loops run millions of times and
-    # compile anyway. JVM CPU for a 2M-candidate day, days 1-3 of a session: 79/51/47 -> 51/40/47 core-s.
+    # In local mode the driver runs the tasks. The throughput collector has no concurrent marking
+    # threads and cheaper write barriers than G1; JIT thresholds x5 stop compiling planning code
+    # that runs a few hundred times (catalyst rules, Delta's log code), while per-row loops run
+    # millions of times and compile anyway.
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC -XX:CompileThresholdScaling=5",
 }
 DELTA_SETTINGS = {
@@ -53,9 +54,42 @@ def _local_defaults(submitted: bool) -> dict[str, str]:
     return {k: v for k, v in LOCAL_DEFAULTS.items() if not given.contains(k)}
 
 
-def build_spark(app_name: str = "ugsep", conf: dict[str, Any] | None = None) -> SparkSession:
+LOG_DIR_ENV = "UGSEP_LOG_DIR"  # where a quiet session's JVM output goes (default ./logs)
+
+
+@contextmanager
+def jvm_output_to(log: Path | None) -> Iterator[None]:
+    """While the block runs, file descriptors 1 and 2 point at ``log``: a JVM started inside
+    keeps them, so its Ivy resolution report and log4j warnings land in the file for good, while
+    this process's own output goes back to the terminal afterwards. ``None``: no redirection."""
+    if log is None:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        for fd, old in zip((1, 2), saved, strict=True):
+            os.dup2(old, fd)
+            os.close(old)
+
+
+def jvm_log_path(app_name: str) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return Path(os.environ.get(LOG_DIR_ENV, "logs")).resolve() / f"{app_name}_{stamp}_{os.getpid()}.log"
+
+
+def build_spark(app_name: str = "ugsep", conf: dict[str, Any] | None = None, quiet: bool = False) -> SparkSession:
     """Get or create the session. Under spark-submit the master, jars and settings come from
-    there; the job config's `conf` still overrides them."""
+    there; the job config's `conf` still overrides them. ``quiet``: a JVM started here writes
+    its own output (Ivy, Spark's warnings) to a log file under $UGSEP_LOG_DIR (./logs), named
+    on stderr, instead of the terminal."""
     from delta import configure_spark_with_delta_pip
 
     conf = {k: str(v) for k, v in (conf or {}).items()}
@@ -69,6 +103,10 @@ def build_spark(app_name: str = "ugsep", conf: dict[str, Any] | None = None) -> 
         builder = builder.config(k, v)
     if not submitted and "spark.jars.packages" not in conf:
         builder = configure_spark_with_delta_pip(builder)
-    spark = builder.getOrCreate()
+    log = jvm_log_path(app_name) if quiet and not submitted and SparkSession.getActiveSession() is None else None
+    with jvm_output_to(log):
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(conf.get("ugsep.log_level", "WARN"))
+    if log is not None:
+        print(f"spark {spark.version} ({spark.sparkContext.master}); its log: {log}", file=sys.stderr, flush=True)
     return spark

@@ -7,8 +7,8 @@ from functools import partial
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE, non_key_columns
 from jobs.config import JobConfig, day_start
+from jobs.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE, non_key_columns
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
 from jobs.model_stage import map_in_arrow_with_model

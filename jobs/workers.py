@@ -6,7 +6,6 @@ model is loaded once per process and cached; one model call per Arrow batch.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
@@ -14,7 +13,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.arrow_columns import field_columns, fixed_width, list_column
+from jobs.arrow_columns import field_columns, list_column
+from jobs.faults import exit_once
+from jobs.score_stream import STATE, check_unseen, stream_states, user_starts, whole_user_slices, whole_users
 from ugsep.checkpoint import load_checkpoint
 from ugsep.data.ranking_data import to_tensors
 from ugsep.host_memory import keep_freed_memory
@@ -23,7 +24,7 @@ from ugsep.state import UserState
 
 SCORE_SCHEMA = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
                           ("score", pa.float32()), ("rank", pa.int32())])
-STATE_SCHEMA = pa.schema([("user_id", pa.int64()), ("state", pa.list_(pa.float32()))])
+STATE_SCHEMA = pa.schema([("user_id", pa.int64()), (STATE, pa.list_(pa.float32()))])
 
 
 def pick_device(setting: str = "auto", gpu_addresses: list[str] | None = None) -> str:
@@ -52,15 +53,8 @@ def cached_model(ckpt: str, device: str, version: str = "") -> tuple[RankingMode
     return model.to(device).eval(), loaded
 
 
-def fail_once(marker: str) -> None:
-    """Test-only fault injection: the first worker that finds no marker creates it and dies."""
-    if marker and not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(17)
-
-
 def encode_user_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
-                        fail_marker: str = "", users_per_call: int = 0, version: str = "") -> Iterator[pa.RecordBatch]:
+                        exit_marker: str = "", users_per_call: int = 0, version: str = "") -> Iterator[pa.RecordBatch]:
     """(user_id, user fields) batches -> (user_id, state) batches, one model call per
     ``users_per_call`` users (0: per batch), whatever size the batches come in. ``version``: as
     in ``cached_model``."""
@@ -73,71 +67,20 @@ def encode_user_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: st
             with torch.inference_mode():
                 state = model.encode_users(users).to_flat().float().cpu().numpy()
             yield pa.RecordBatch.from_arrays([batch.column("user_id"), list_column(state)], schema=STATE_SCHEMA)
-            fail_once(fail_marker)
-
-
-def user_starts(user_ids: np.ndarray) -> np.ndarray:
-    """Row index where each run of equal user ids begins."""
-    return np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
-
-
-def whole_users(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Regroup batches of user-ordered rows so that none splits a user: the rows of a batch's
-    last user wait for the next batch."""
-    tail = None
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        rows = batch if tail is None else pa.concat_batches([tail, batch])
-        cut = int(user_starts(rows.column("user_id").to_numpy(zero_copy_only=False))[-1])
-        if cut:
-            yield rows.slice(0, cut)
-        tail = rows.slice(cut)
-    if tail is not None:
-        yield tail
-
-
-def whole_user_cuts(user_ids: np.ndarray, max_candidates: int) -> Iterator[tuple[int, int]]:
-    """(begin, end) of consecutive slices of user-ordered rows, each of whole users and at most
-    ``max_candidates`` rows (a user with more candidates than that gets a slice of its own)."""
-    starts = user_starts(user_ids)
-    first = 0
-    for start, end in zip(starts, np.r_[starts[1:], len(user_ids)], strict=True):
-        if start > first and end - first > max_candidates:
-            yield first, int(start)
-            first = int(start)
-    yield first, len(user_ids)
-
-
-def whole_user_slices(batch: pa.RecordBatch, max_candidates: int) -> Iterator[pa.RecordBatch]:
-    """``whole_user_cuts`` of a batch of user-ordered rows."""
-    for begin, end in whole_user_cuts(batch.column("user_id").to_numpy(zero_copy_only=False), max_candidates):
-        yield batch.slice(begin, end - begin)
-
-
-def check_unseen(user_ids: np.ndarray, seen: set[int]) -> None:
-    """A user must arrive as one run of rows (its rank and state are per run); fail loudly if not."""
-    again = seen.intersection(user_ids.tolist())
-    if again:
-        raise RuntimeError(f"candidates of users {sorted(again)[:5]} are not consecutive in the score stream")
-    seen.update(user_ids.tolist())
+            exit_once(exit_marker)
 
 
 def score_user_rows(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
-                    fail_marker: str = "", max_candidates: int = 0, version: str = "") -> Iterator[pa.RecordBatch]:
-    """Candidate rows in user order (user_id, state, item fields), the user's state on its
-    first row only (null on the others) -> one row per candidate with its score and rank.
-
-    A null state on a user's first row is encoded here from the user fields on that row
-    (``--compute-missing``). ``max_candidates`` > 0 caps the candidates per model call (CPU
-    caches like ~4k; GPUs more). ``version``: as in ``cached_model``.
-    """
+                    exit_marker: str = "", max_candidates: int = 0, version: str = "") -> Iterator[pa.RecordBatch]:
+    """The score stream (``jobs.score_stream``) -> one row per candidate with its score and rank.
+    ``max_candidates`` > 0 caps the candidates per model call (whole users). ``version``: as in
+    ``cached_model``."""
     model, _ = cached_model(ckpt, device, version)
     seen: set[int] = set()
     for whole in whole_users(batches):
         for batch in whole_user_slices(whole, max_candidates) if max_candidates else [whole]:
             yield _score_batch(model, batch, device, seen)
-        fail_once(fail_marker)
+        exit_once(exit_marker)
 
 
 def _score_batch(model: RankingModel, batch: pa.RecordBatch, device: str, seen: set[int]) -> pa.RecordBatch:
@@ -161,18 +104,10 @@ def _score_batch(model: RankingModel, batch: pa.RecordBatch, device: str, seen: 
 
 
 def _users_state(model: RankingModel, cols: dict[str, pa.Array], starts: np.ndarray, device: str) -> UserState:
-    """The state of each user of a slice (users start at ``starts``). Only first rows carry a
-    state, so the non-null states, in row order, are the users' states in user order; a user whose
-    first row has none (``--compute-missing``) is encoded from the user fields on that row."""
-    state_col, width = cols["state"], model.state_layout.width
-    has = state_col.is_valid().to_numpy(zero_copy_only=False)
-    known = has[starts]
-    if has.sum() != known.sum():
-        raise RuntimeError("a user state arrived on a row other than its user's first: the score stream is malformed")
-    flat = fixed_width(state_col, width)  # no gather: flattening skips the null rows
+    """The state of each user of a slice (users start at ``starts``); a user without a stored
+    state (``--compute-missing``) is encoded from the user fields on its first row."""
+    flat, known = stream_states(cols[STATE], starts, model.state_layout.width)
     if not known.all():
-        flat, stored = np.zeros((len(starts), width), dtype=np.float32), flat
-        flat[known] = stored
         missing = pa.array(starts[~known])
         sub = {f.name: cols[f.name].take(missing) for f in model.spec.user_fields}
         users = to_tensors(field_columns(sub, model.spec.user_fields), device)

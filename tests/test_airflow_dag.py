@@ -50,7 +50,7 @@ def test_dag_loads_with_the_expected_graph_and_spark_submit_commands(tmp_path):
     delta_jars = configure_spark_with_delta_pip(SparkSession.builder)._options["spark.jars.packages"]
     gpu = {"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "0.25"}
     settings = {"config": "/etc/ugsep/job.toml", "python": "/opt/ugsep/bin/python", "gpu_conf": gpu,
-                "spark_conf": {"spark.sql.shuffle.partitions": "64"}, "max_active_runs": 2, "redis": "cache:6379"}
+                "spark_conf": {"spark.sql.shuffle.partitions": "64"}, "max_active_runs": 2}
     out = probe(tmp_path, settings)
 
     assert out["import_errors"] == {} and out["dags"] == ["ugsep_daily"]
@@ -68,11 +68,10 @@ def test_dag_loads_with_the_expected_graph_and_spark_submit_commands(tmp_path):
     for task, command in (("user_stage", "user-stage"), ("materialize", "materialize"),
                           ("score_stage", "score-stage")):
         gpu_args = [a for k, v in gpu.items() for a in ("--conf", f"{k}={v}")] if task != "materialize" else []
-        redis_args = ["--redis", "cache:6379"] if task == "materialize" else []
         assert tasks[task]["command"] == [
             "spark-submit", "--master", "local[2]", "--conf", "spark.sql.shuffle.partitions=64", *gpu_args,
             "--packages", delta_jars, "--name", f"ugsep-{command}-{DS}",
-            f"{ROOT}/cli/main.py", command, "--ds", DS, "--config", "/etc/ugsep/job.toml", *redis_args]
+            f"{ROOT}/cli/main.py", command, "--ds", DS, "--config", "/etc/ugsep/job.toml"]
         assert tasks[task]["env"] == {"PYSPARK_PYTHON": "/opt/ugsep/bin/python",
                                       "PYSPARK_DRIVER_PYTHON": "/opt/ugsep/bin/python"}
         assert tasks[task]["retries"] == 2
@@ -87,8 +86,8 @@ def test_a_misspelled_setting_is_an_import_error_that_names_it(tmp_path):
 def test_user_stage_runs_for_real_through_airflow_and_spark_submit(spark, tmp_path, model_dir):
     from pyspark.sql import functions as F
 
-    from features.contracts import CANDIDATES, USER_STATE
     from jobs.config import load_config
+    from jobs.contracts import CANDIDATES, USER_STATE
     from jobs.generate import generate_tables
 
     conf = tmp_path / "job.toml"  # a relative warehouse: resolved against the config's folder

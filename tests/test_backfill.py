@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.backfill import backfill, day_is_done, day_range
+from jobs.backfill import backfill, day_is_done, day_range
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,8 +92,8 @@ def _ugsep(*args, env=None, check=True):
 def test_backfill_and_cron_for_real(spark, tmp_path, model_dir):
     from pyspark.sql import functions as F
 
-    from features.contracts import SCORES
     from jobs.config import JobConfig
+    from jobs.contracts import SCORES
     from jobs.generate import generate_tables
 
     days = ["2026-09-01", "2026-09-02", "2026-09-03"]
@@ -104,13 +104,13 @@ def test_backfill_and_cron_for_real(spark, tmp_path, model_dir):
     spark_conf = '[spark]\n"spark.master" = "local[2]"\n"spark.sql.shuffle.partitions" = "1"\n'
     conf = tmp_path / "job.toml"
 
-    conf.write_text(base + f'fail_days = ["{days[1]}"]\n' + spark_conf)
-    first = _ugsep("backfill", "--start", days[0], "--end", days[2], "--config", str(conf), check=False)
+    conf.write_text(base + spark_conf)
+    first = _ugsep("backfill", "--start", days[0], "--end", days[2], "--config", str(conf), check=False,
+                   env={**os.environ, "UGSEP_TEST_FAULTS": f"fail-day={days[1]}"})
     assert first.returncode == 1
     assert "1 done" in first.stdout and days[1] in first.stdout and "injected failure" in first.stderr
     assert f"not run ['{days[2]}']" in first.stdout
 
-    conf.write_text(base + spark_conf)
     second = _ugsep("backfill", "--start", days[0], "--end", days[2], "--config", str(conf), "--skip-done")
     assert "2 done, 1 skipped" in second.stdout
 
@@ -136,6 +136,9 @@ def test_backfill_and_cron_for_real(spark, tmp_path, model_dir):
     run = subprocess.run([script, days[0]], capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "succeeded" in run.stdout and list((tmp_path / "logs").glob(f"ugsep-run_{days[0]}_*.log"))
+    # the DAG's pipeline: the day's user_state went to the online store between the stages
+    online = json.loads(cfg.summary_path("materialize", days[0]).read_text())
+    assert online["user_state_rows"] == json.loads(cfg.summary_path("user-stage", days[0]).read_text())["rows_out"]
     assert counts() == {ds: (n, n) for ds, n in sizes.items()}
     bad = subprocess.run([script, "2026-13-45"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "not a date" in bad.stderr

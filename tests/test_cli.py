@@ -15,9 +15,26 @@ def ugsep(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return p
 
 
-@pytest.mark.parametrize("cmd", ["train", "eval", "score-local"])
+def subcommands() -> list[str]:
+    from cli.main import build_parser
+
+    action = next(a for a in build_parser()._actions if a.dest == "command")
+    return sorted(action.choices)
+
+
+def test_the_help_lists_every_subcommand():
+    top = ugsep("--help").stdout
+    assert subcommands() == sorted(["train", "eval", "quantize", "score-local", "generate", "user-stage",
+                                    "score-stage", "run", "baseline-score", "show", "demo", "backfill",
+                                    "features", "materialize", "serve-score"])
+    for cmd in subcommands():
+        assert f"    {cmd}" in top
+
+
+@pytest.mark.parametrize("cmd", subcommands())
 def test_every_subcommand_has_help(cmd):
-    assert "usage: ugsep " + cmd in ugsep(cmd, "--help").stdout
+    out = ugsep(cmd, "--help").stdout
+    assert "usage: ugsep " + cmd in out and "options:" in out
 
 
 def test_train_then_eval_on_movielens_format(tmp_path):
@@ -44,10 +61,28 @@ def test_bad_input_gives_clear_error(tmp_path):
 def test_a_missing_key_is_named_as_one(monkeypatch, capsys):
     """A KeyError's own text is only the key: the message must say what it is."""
     import cli.main
+    import cli.model_commands
 
     def boom(_):
         raise KeyError("rows_out")
 
-    monkeypatch.setattr(cli.main, "cmd_quantize", boom)
+    monkeypatch.setattr(cli.model_commands, "cmd_quantize", boom)
     assert cli.main.main(["quantize", "--ckpt", "in", "--out", "out"]) == 2
     assert "ugsep quantize: error: missing key 'rows_out'" in capsys.readouterr().err
+
+
+def test_fp8_quantize_calibrates_on_the_models_own_data(tmp_path):
+    """A MovieLens model has none of the synthetic fields: calibration reads its training data."""
+    write_movielens_fixture(tmp_path / "ml")
+    ugsep("train", "--dataset", "movielens-100k", "--data-dir", str(tmp_path / "ml"), "--epochs", "1",
+          "--out", str(tmp_path / "ck"))
+    out = json.loads(ugsep("quantize", "--ckpt", str(tmp_path / "ck"), "--mode", "fp8", "--calib-rows", "256",
+                           "--out", str(tmp_path / "q")).stdout.strip().splitlines()[-1])
+    assert out["recipe"]["mode"] == "fp8" and "+fp8-" in out["model_version"]
+    again = json.loads(ugsep("eval", "--ckpt", str(tmp_path / "q"), "--dataset", "movielens-100k",
+                             "--data-dir", str(tmp_path / "ml")).stdout.strip().splitlines()[-1])
+    assert 0 <= again["auc"] <= 1
+    wrong = ugsep("quantize", "--ckpt", str(tmp_path / "ck"), "--mode", "fp8", "--dataset", "synthetic",
+                  "--out", str(tmp_path / "q2"), check=False)
+    assert wrong.returncode == 2 and "FP8 calibration: dataset synthetic has no fields" in wrong.stderr
+    assert "Traceback" not in wrong.stderr

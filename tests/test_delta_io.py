@@ -9,7 +9,7 @@ def test_replace_day_and_the_empty_write_shortcut(spark, tmp_path):
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    from features.contracts import QUARANTINE
+    from jobs.contracts import QUARANTINE
     from jobs.delta_io import ensure_table, replace_day
 
     path = str(tmp_path / "quarantine")
@@ -37,7 +37,7 @@ def test_replace_day_and_the_empty_write_shortcut(spark, tmp_path):
 def test_scores_files_carry_stats_for_the_key_columns_only(spark, tmp_path):
     import json
 
-    from features.contracts import SCORES
+    from jobs.contracts import SCORES
     from jobs.delta_io import ensure_table, replace_day
 
     path = tmp_path / "scores"
@@ -56,7 +56,7 @@ def test_a_table_from_an_earlier_version_gets_the_new_contract_columns(spark, tm
     and the table then passes its contract and takes new days."""
     from pyspark.sql import functions as F
 
-    from features.contracts import USER_STATE, TableContract
+    from jobs.contracts import USER_STATE, TableContract
     from jobs.delta_io import ensure_table, read_table, replace_day
 
     path = str(tmp_path / "user_state")
@@ -79,8 +79,8 @@ def test_a_table_from_an_earlier_version_gets_the_new_contract_columns(spark, tm
 
 
 def test_backfill_creates_the_run_tables_before_days_run_side_by_side(spark, tmp_path):
-    from features.contracts import QUARANTINE, SCORES, USER_STATE
     from jobs.config import JobConfig
+    from jobs.contracts import QUARANTINE, SCORES, USER_STATE
     from jobs.delta_io import read_table
     from jobs.run_day import ensure_run_tables
 

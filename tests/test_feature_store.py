@@ -12,11 +12,11 @@ import pytest
 from conftest import make_model
 from pyspark.sql import functions as F
 
-from features.contracts import SCORES, USER_STATE
-from features.online_scorer import OnlineScorer, StateVersionError
+from jobs.contracts import SCORES, USER_STATE
 from jobs.generate import generate_tables, synthetic_tables
 from jobs.materialize import materialize_day
 from jobs.run_day import run_day
+from serving.online_scorer import OnlineScorer, StateVersionError
 from ugsep.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.spark
@@ -126,15 +126,15 @@ def test_state_is_stamped_with_its_day_in_delta_and_online(spark, scored_day):
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from features.definitions import feast_objects
-    from features.store import feature_store
+    from feature_store.store import feature_store
+    from jobs.materialize import warehouse_feast_objects
 
     cfg, state, _ = scored_day
     day = calendar.timegm((2026, 11, 20, 0, 0, 0))
     stamps = (spark.read.format("delta").load(cfg.table_path(USER_STATE)).where(F.col("ds") == DS)
               .select(F.unix_timestamp("event_ts").alias("e"), F.unix_timestamp("created_at").alias("c")).collect())
     assert {r.e for r in stamps} == {day} and min(r.c for r in stamps) > day
-    view = next(o for o in feast_objects(cfg.table_path) if o.name == "user_state")
+    view = next(o for o in warehouse_feast_objects(cfg) if o.name == "user_state")
     assert (view.batch_source.timestamp_field, view.batch_source.created_timestamp_column) == ("event_ts", "created_at")
 
     materialize_day(spark, cfg, DS)
@@ -156,14 +156,13 @@ def test_wrong_model_version_is_refused(spark, scored_day, tmp_path):
 
 def test_missing_state_is_computed_from_online_features(spark, scored_day, model_dir, tmp_path):
     """A fresh online store holding every user's features but one user's state left out."""
-    from features.contracts import USER_FEATURES
-    from features.definitions import feast_objects
-    from features.store import feature_store
-    from jobs.materialize import write_online
+    from feature_store.store import feature_store
+    from jobs.contracts import USER_FEATURES
+    from jobs.materialize import warehouse_feast_objects, write_online
 
     cfg, _, scores = scored_day
     store = feature_store(str(tmp_path))
-    store.apply(feast_objects(cfg.table_path))
+    store.apply(warehouse_feast_objects(cfg))
     user_id = int(scores["user_id"].iloc[0])
     state = spark.read.format("delta").load(cfg.table_path(USER_STATE)).where(F.col("ds") == DS)
     write_online(state.where(F.col("user_id") != user_id).drop("ds"), store, "user_state", 100, "state")

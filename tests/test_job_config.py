@@ -55,3 +55,25 @@ def test_good_values_pass(tmp_path):
     path.write_text('device = "cuda:1"\ntask_gpus = 1\npartitions = 0\n[spark]\n"spark.master" = "local[2]"\n')
     cfg = load_config(str(path))
     assert (cfg.device, cfg.task_gpus, cfg.spark) == ("cuda:1", 1, {"spark.master": "local[2]"})
+
+
+@pytest.mark.parametrize("hook", ['fail_once_marker = "/tmp/x"', 'fail_days = ["2026-11-01"]'])
+def test_a_job_config_cannot_set_test_hooks(tmp_path, hook):
+    path = tmp_path / "job.toml"
+    path.write_text(hook + "\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config(str(path))
+
+
+def test_faults_come_from_one_environment_variable(monkeypatch):
+    from jobs import faults
+
+    monkeypatch.delenv(faults.ENV, raising=False)
+    assert faults.worker_exit_marker() == ""
+    faults.check_day("2026-11-01")  # no fault set: nothing happens
+    monkeypatch.setenv(faults.ENV, "fail-day=2026-11-01,worker-exit-once=/tmp/m,fail-day=2026-11-03")
+    assert faults.worker_exit_marker() == "/tmp/m"
+    for ds in ("2026-11-01", "2026-11-03"):
+        with pytest.raises(RuntimeError, match=f"injected failure for ds={ds}"):
+            faults.check_day(ds)
+    faults.check_day("2026-11-02")

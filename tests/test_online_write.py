@@ -6,7 +6,7 @@ import pytest
 from feast import ValueType
 from feast.type_map import python_values_to_proto_values
 
-from features.online_write import column_values
+from feature_store.online_write import column_values
 
 CASES = [
     (pa.array([1, None, -(2**40)], pa.int64()), ValueType.INT64),

@@ -10,8 +10,8 @@ import torch
 from conftest import make_model
 from pyspark.sql import functions as F
 
-from features.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
 from jobs.config import parse_ds
+from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
 from jobs.delta_io import ContractError
 from jobs.run_day import run_day
 from ugsep.data.ranking_data import to_tensors
@@ -152,7 +152,7 @@ def test_bad_rows_are_quarantined_with_reasons(spark, bad_day):
     # table, and the day's scores and state stay as they were
     from delta.tables import DeltaTable
 
-    from features.contracts import USER_STATE
+    from jobs.contracts import USER_STATE
     from jobs.user_stage import run_user_stage
     from jobs.validation import EmptyDayError
 

@@ -11,7 +11,7 @@ from conftest import make_model
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from features.contracts import SCORES, USER_STATE
+from jobs.contracts import SCORES, USER_STATE
 from jobs.generate import generate_tables, synthetic_tables
 from jobs.run_day import run_day
 from jobs.score_stage import UserStateError, run_score_stage
@@ -110,10 +110,11 @@ def test_two_days_written_concurrently_both_land(spark, day):
     assert len(scores_of(spark, cfg, D1)) == len(first)  # untouched
 
 
-def test_killed_worker_is_retried_without_duplicates(spark, day, tmp_path):
+def test_killed_worker_is_retried_without_duplicates(spark, day, tmp_path, monkeypatch):
     cfg, _, first = day
     marker = tmp_path / "killed-once"
-    run_score_stage(spark, replace(cfg, fail_once_marker=str(marker)), D1)
+    monkeypatch.setenv("UGSEP_TEST_FAULTS", f"worker-exit-once={marker}")
+    run_score_stage(spark, cfg, D1)
     assert marker.exists()  # a worker really died mid-task
     again = scores_of(spark, cfg, D1)
     assert len(again) == len(first) and not again.duplicated(["user_id", "item_id"]).any()

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import make_model
 
-from jobs.arrow_columns import field_columns, padded_lists, to_arrow_column, user_rows_batch
+from jobs.arrow_columns import field_columns, padded_lists, to_arrow_column
+from jobs.score_stream import user_rows_batch
 from jobs.workers import encode_user_batches, rank_within_users, score_user_rows
 from ugsep.checkpoint import save_checkpoint
 from ugsep.data.ranking_data import batch_tensors
@@ -96,7 +97,7 @@ def test_workers_match_model(tmp_path, small_day):
 def test_workers_run_a_quantized_checkpoint(tmp_path, small_day):
     """A job config's ``model`` may be an `ugsep quantize` output: the workers load and run it."""
     from ugsep.checkpoint import load_checkpoint
-    from ugsep.quant.cli_support import quantize_checkpoint
+    from cli.model_commands import quantize_checkpoint
 
     save_checkpoint(make_model(seed=2), tmp_path / "float")
     q = quantize_checkpoint(str(tmp_path / "float"), str(tmp_path / "q"), "w8a16")
@@ -152,7 +153,7 @@ def test_pick_device_prefers_the_assigned_gpu_then_cuda_then_cpu(monkeypatch):
 
 
 def test_whole_user_slices_cap_candidates_per_call():
-    from jobs.workers import whole_user_slices
+    from jobs.score_stream import whole_user_slices
 
     counts = [30, 30, 5, 200, 1, 1]
     batch = pa.RecordBatch.from_pydict({"user_id": pa.array(np.repeat(np.arange(6), counts))})
@@ -162,7 +163,7 @@ def test_whole_user_slices_cap_candidates_per_call():
 
 
 def test_whole_users_regroups_batches_that_cut_a_user():
-    from jobs.workers import whole_users
+    from jobs.score_stream import whole_users
 
     ids = np.repeat([7, 3, 9, 4], [3, 5, 1, 4])
     batch = pa.RecordBatch.from_pydict({"user_id": pa.array(ids)})
@@ -171,7 +172,7 @@ def test_whole_users_regroups_batches_that_cut_a_user():
 
 
 def test_user_split_across_the_stream_fails_loudly():
-    from jobs.workers import check_unseen
+    from jobs.score_stream import check_unseen
 
     seen: set[int] = set()
     check_unseen(np.array([1, 2]), seen)

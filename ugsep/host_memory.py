@@ -1,8 +1,8 @@
 """Keep freed host memory in the process instead of handing it back to the OS after each batch.
 
 glibc serves large blocks (a CPU batch's activations: megabytes) with mmap and returns them, or
-trims the heap, on free, so the next batch page-faults every page again: on a 2-core CPU that
-was a third of the score worker's time. PyTorch's CPU tuning guide suggests jemalloc or
+trims the heap, on free, so the next batch page-faults every page again, a large share of a
+CPU score worker's time. PyTorch's CPU tuning guide suggests jemalloc or
 tcmalloc for the same reason; this needs no extra library. The cost is that the process keeps
 its peak batch memory resident.
 """

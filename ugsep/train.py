@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ugsep.data.ranking_data import RankingData, batch_tensors
+from ugsep.data.ranking_data import RankingData, batch_tensors, whole_user_cuts
 from ugsep.features import FeatureSpec
 from ugsep.metrics import auc, logloss, uauc
 from ugsep.model import ModelConfig, RankingModel
@@ -62,14 +62,18 @@ def train_model(
 
 
 @torch.no_grad()
-def predict(model: RankingModel, data: RankingData, batch_size: int = 8192) -> np.ndarray:
-    """Logits for every candidate of ``data``, in order."""
+def predict(model: RankingModel, data: RankingData, max_rows: int = 8192) -> np.ndarray:
+    """Logits for every candidate of ``data``, in order. Each model call takes whole users (at
+    most ``max_rows`` candidates unless one user has more), so a user is encoded once."""
     device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(data), batch_size):
-        users, items, idx, _ = batch_tensors(data, np.arange(start, min(start + batch_size, len(data))), device)
-        out.append(model.score(users, items, idx).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    order = np.argsort(data.user_row, kind="stable")
+    out = np.zeros(len(data), dtype=np.float32)
+    for begin, end in whole_user_cuts(data.user_row[order], max_rows):
+        idx = order[begin:end]
+        if len(idx):
+            users, items, user_index, _ = batch_tensors(data, idx, device)
+            out[idx] = model.score(users, items, user_index).float().cpu().numpy()
+    return out
 
 
 def evaluate(model: RankingModel, data: RankingData) -> dict[str, float]:

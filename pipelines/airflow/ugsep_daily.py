@@ -1,5 +1,9 @@
 """Airflow DAG `ugsep_daily`: user-stage -> materialize -> score-stage for each logical date.
 
+The same pipeline as the cron script's `ugsep run --materialize`, one task per step so a
+failed step retries alone; both read every job setting (tables, model, online store) from
+the one job config (TOML).
+
 Drop this file into Airflow's ``dags/`` folder. Each task is a ``spark-submit`` of the ugsep CLI
 (``cli/main.py``) with ``--ds {{ ds }}``, so the day scored is the logical date of the run and
 ``catchup`` / ``airflow backfill create`` fill past days. Every job replaces its day, so a retry
@@ -15,8 +19,6 @@ Settings come from the Airflow Variable ``ugsep`` (JSON; every key optional, def
     spark_conf   Spark settings for every task
     gpu_conf     Spark settings for the model stages only (user-stage, score-stage), e.g.
                  {"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "0.25"}
-    redis        host:port of a Redis online store for the materialize task (default "": SQLite,
-                 or $UGSEP_REDIS in the worker's environment)
     start_date   first logical date (YYYY-MM-DD)
     schedule     cron expression (default "0 6 * * *"): each run scores the day its data interval starts
     max_active_runs, retries, retry_minutes
@@ -35,10 +37,11 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 try:  # Airflow 3
-    from airflow.sdk import DAG, Param, Variable
+    from airflow.sdk import DAG, Param, Variable, chain
 except ImportError:  # Airflow 2.x
     from airflow import DAG
     from airflow.models import Variable
+    from airflow.models.baseoperator import chain
     from airflow.models.param import Param
 
 HOME = os.environ.get("UGSEP_HOME", str(Path(__file__).resolve().parents[2]))
@@ -50,13 +53,13 @@ DEFAULTS: dict = {
     "packages": "io.delta:delta-spark_4.1_2.13:4.4.0",  # what configure_spark_with_delta_pip asks for
     "spark_conf": {},
     "gpu_conf": {},
-    "redis": "",
     "start_date": "2026-11-01",
     "schedule": "0 6 * * *",
     "max_active_runs": 1,
     "retries": 2,
     "retry_minutes": 10,
 }
+DAILY_STEPS = ("user-stage", "materialize", "score-stage")  # what `ugsep run --materialize` runs, in order
 MODEL_STAGES = ("user-stage", "score-stage")
 
 
@@ -79,8 +82,7 @@ def spark_task(command: str, s: dict) -> SparkSubmitOperator:
         task_id=command.replace("-", "_"),
         conn_id=s["conn_id"],
         application=f"{s['home']}/cli/main.py",
-        application_args=[command, "--ds", "{{ ds }}", "--config", "{{ params.config }}",
-                          *(["--redis", s["redis"]] if command == "materialize" and s["redis"] else [])],
+        application_args=[command, "--ds", "{{ ds }}", "--config", "{{ params.config }}"],
         name=f"ugsep-{command}-{{{{ ds }}}}",
         packages=s["packages"],
         conf=conf,
@@ -96,7 +98,7 @@ with DAG(
     # data intervals, not Airflow 3's default CronTriggerTimetable: the run that fires on day D+1
     # at 06:00 has the interval [D, D+1) and ds = D, the day whose candidates are complete
     schedule=CronDataIntervalTimetable(settings["schedule"], timezone="UTC"),
-    start_date=dt.datetime.fromisoformat(settings["start_date"]).replace(tzinfo=dt.timezone.utc),
+    start_date=dt.datetime.fromisoformat(settings["start_date"]).replace(tzinfo=dt.UTC),
     catchup=True,
     max_active_runs=int(settings["max_active_runs"]),
     default_args={"retries": int(settings["retries"]),
@@ -105,4 +107,4 @@ with DAG(
     params={"config": Param(settings["config"], type="string", description="job config (TOML) for this run")},
     tags=["ugsep", "spark"],
 ) as dag:
-    spark_task("user-stage", settings) >> spark_task("materialize", settings) >> spark_task("score-stage", settings)
+    chain(*(spark_task(step, settings) for step in DAILY_STEPS))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Daily ugsep run for cron: scores yesterday (or the date given), one log per run, a lock per
-# day so two runs of the same day never overlap, non-zero exit on failure.
+# Daily ugsep run for cron: the Airflow DAG's pipeline (user stage, materialize to the online
+# store, score stage) for yesterday or the date given, with the same job config; one log per
+# run, a lock per day so two runs of the same day never overlap, non-zero exit on failure.
 #
 #   ugsep-daily.sh [YYYY-MM-DD]
 #   env: UGSEP_HOME (repo, default: two folders up), UGSEP_CONFIG (default $UGSEP_HOME/job.toml),
@@ -32,7 +33,7 @@ fi
 
 echo "ugsep-daily: ds=$ds config=$config log=$log"
 cd "$home"
-if "$bin" run --ds "$ds" --config "$config" >"$log" 2>&1; then
+if "$bin" run --materialize --ds "$ds" --config "$config" >"$log" 2>&1; then
   echo "ugsep-daily: ds=$ds succeeded; $(grep -E '^run ds=' "$log" | tail -1)"
 else
   rc=$?

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,3 +64,15 @@ def batch_tensors(
         torch.from_numpy(sub.user_row).to(device),
         torch.from_numpy(sub.label).to(device),
     )
+
+
+def whole_user_cuts(user_ids: np.ndarray, max_rows: int) -> Iterator[tuple[int, int]]:
+    """(begin, end) of consecutive slices of user-ordered rows, each of whole users and at most
+    ``max_rows`` rows (a user with more rows than that gets a slice of its own)."""
+    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]]) if len(user_ids) else np.zeros(0, int)
+    first = 0
+    for start, end in zip(starts, np.r_[starts[1:], len(user_ids)], strict=True):
+        if start > first and end - first > max_rows:
+            yield first, int(start)
+            first = int(start)
+    yield first, len(user_ids)

@@ -10,7 +10,7 @@ from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkOf
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 
-from features.definitions import PROJECT
+from feature_store.definitions import PROJECT
 
 REDIS_ENV = "UGSEP_REDIS"  # host:port; set it (or pass redis=...) to use Redis online
 

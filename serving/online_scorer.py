@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from features.contracts import non_key_columns
-from features.store import feature_store
+from feature_store.store import feature_store
+from jobs.contracts import non_key_columns
 from ugsep.checkpoint import load_checkpoint
 from ugsep.data.ranking_data import to_tensors
 from ugsep.features import PAD_ID, FieldKind

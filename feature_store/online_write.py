@@ -1,7 +1,7 @@
 """Arrow rows straight into the Feast online store.
 
 ``FeatureStore.write_to_online_store`` converts every value through Feast's generic type map
-(one Python call per float of every state vector): about two thirds of materialization time.
+(one Python call per float of every state vector), which dominates materialization time.
 Here each column is converted once, by its declared Feast type, into the same protos Feast
 builds, and handed to the provider's ``online_write_batch`` (SQLite, Redis, any online store).
 """

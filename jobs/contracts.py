@@ -83,7 +83,7 @@ SCORES = TableContract(
         ("rank", "int"),
     ),
     partition_by=("ds",),
-    # file stats only for the keys readers filter on: stats on every column cost a quarter of the write
+    # file stats only for the keys readers filter on: stats on every column slow the write
     properties=(("delta.dataSkippingStatsColumns", "user_id,item_id"),),
 )
 QUARANTINE = TableContract(

@@ -1,0 +1,1 @@
+"""The online scorer: a user's stored state from the online store + score_groups."""
