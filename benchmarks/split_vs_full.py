@@ -2,9 +2,10 @@
 
 Same width, depth and token counts; compensation off so the two models do the same math per
 token. Both run in this process on the same data, and the script prints speed ratios next to
-FLOPs ratios. On CUDA the models run in bf16.
+FLOPs ratios. On CUDA the models run in bf16. Rankmixer runs eager and under torch.compile
+(default mode, compiled for each case's shapes); the split path is compared with the faster.
 
-    python benchmarks/split_vs_full.py [--large] [--candidates 1,10,100,1000] [--json]
+    python benchmarks/split_vs_full.py [--large] [--candidates 1,10,100,1000] [--no-compile] [--json]
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> None:
     p.add_argument("--candidates", default="1,10,100,1000", help="candidates per user to test")
     p.add_argument("--rows", type=int, default=0, help="candidates per call (default 4096 CPU, 32768 GPU)")
     p.add_argument("--seconds", type=float, default=1.0, help="minimum timing window per case")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rankmixer baseline")
     p.add_argument("--json", action="store_true", help="end with one JSON line of results")
     a = p.parse_args()
 
@@ -70,25 +72,38 @@ def main() -> None:
     full = RankingModel(spec, ModelConfig(arch="rankmixer", compensation=False, **dims)).to(device, dtype).eval()
     split = RankingModel(spec, ModelConfig(arch="ugsep", compensation=False, **dims)).to(device, dtype).eval()
     split.load_state_dict(full.state_dict())
-    print(f"device={device} dtype={dtype} dims={dims} rows/call={rows}")
-    print(f"{'cand/user':>9} {'full cand/s':>13} {'split cand/s':>13} {'speedup':>8} {'flops ratio':>11}")
+    print(f"device={device} dtype={dtype} dims={dims} rows/call={rows} split kernels={split.kernels.value}")
+    print(f"{'cand/user':>9} {'rankmixer cand/s':>16} {'compiled cand/s':>15} {'split cand/s':>13} "
+          f"{'vs eager':>8} {'vs compiled':>11} {'vs fastest':>10} {'flops ratio':>11}")
     results = []
     for n in [int(x) for x in a.candidates.split(",")]:
         users, items, idx = make_inputs(max(rows // n, 1), n, device)
         with torch.inference_mode():
             t_full = timed(lambda: full(users, items, idx), device, a.seconds)
+            t_compiled = float("nan")
+            if not a.no_compile:
+                torch._dynamo.reset()  # compiled for this case's shapes (the warm-up call compiles)
+                compiled = torch.compile(full, dynamic=False)
+                t_compiled = timed(lambda: compiled(users, items, idx), device, a.seconds)
             t_split = timed(lambda: split.score_groups(split.encode_users(users), items, idx), device, a.seconds)
         ncand = len(idx)
+        t_fastest = min(t_full, t_compiled) if not a.no_compile else t_full
         row = {
             "candidates_per_user": n,
             "full_cand_per_s": ncand / t_full,
+            "full_compiled_cand_per_s": ncand / t_compiled if not a.no_compile else None,
             "split_cand_per_s": ncand / t_split,
             "speedup": t_full / t_split,
+            "speedup_vs_compiled": t_compiled / t_split if not a.no_compile else None,
+            "speedup_vs_fastest_rankmixer": t_fastest / t_split,
             "flops_ratio": full.flops_per_candidate(n) / split.flops_per_candidate(n),
         }
         results.append(row)
-        print(f"{n:>9} {row['full_cand_per_s']:>13,.0f} {row['split_cand_per_s']:>13,.0f} "
-              f"{row['speedup']:>7.2f}x {row['flops_ratio']:>10.2f}x", flush=True)
+        compiled_s = f"{ncand / t_compiled:>15,.0f}" if not a.no_compile else f"{'-':>15}"
+        vs_compiled = f"{row['speedup_vs_compiled']:>10.2f}x" if not a.no_compile else f"{'-':>11}"
+        print(f"{n:>9} {row['full_cand_per_s']:>16,.0f} {compiled_s} {row['split_cand_per_s']:>13,.0f} "
+              f"{row['speedup']:>7.2f}x {vs_compiled} {row['speedup_vs_fastest_rankmixer']:>9.2f}x "
+              f"{row['flops_ratio']:>10.2f}x", flush=True)
     if a.json:
         print(json.dumps({"device": str(device), "dims": dims, "results": results}))
 

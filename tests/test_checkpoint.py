@@ -5,8 +5,17 @@ import pytest
 import torch
 from conftest import make_model
 
-from ugsep.checkpoint import CONFIG, WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint
+from ugsep.checkpoint import (
+    CONFIG,
+    WEIGHTS,
+    CheckpointError,
+    checkpoint_info,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from ugsep.data.ranking_data import batch_tensors
+from ugsep.quant import QuantRecipe, quantize_model
 
 
 def test_roundtrip_keeps_scores_and_version(tmp_path, small_day):
@@ -56,3 +65,37 @@ def test_mismatched_config_fails_clearly(tmp_path):
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(CheckpointError, match=str(tmp_path / "nope")):
         load_checkpoint(tmp_path / "nope")
+
+
+def test_info_reads_the_config_alone(tmp_path):
+    model = make_model(pool="all")
+    version = save_checkpoint(model, tmp_path)
+    (tmp_path / WEIGHTS).unlink()  # no weights needed
+    info = checkpoint_info(tmp_path)
+    assert (info.spec, info.config, info.version, info.quantized) == (model.spec, model.cfg, version, False)
+    quantized = quantize_model(make_model(), QuantRecipe("w8a16"))
+    q_version = save_checkpoint(quantized, tmp_path / "q", quant={"recipe": QuantRecipe("w8a16").to_dict(),
+                                                                   "base_model_version": version})
+    assert checkpoint_info(tmp_path / "q").quantized and checkpoint_info(tmp_path / "q").version == q_version
+    with pytest.raises(CheckpointError, match=str(tmp_path / "nope")):
+        checkpoint_info(tmp_path / "nope")
+
+
+def test_verify_checks_the_weights_without_a_model(tmp_path, monkeypatch):
+    version = save_checkpoint(quantize_model(make_model(), QuantRecipe("w8a16")), tmp_path,
+                              quant={"recipe": QuantRecipe("w8a16").to_dict(), "base_model_version": "ugsep-x"})
+    monkeypatch.setattr("ugsep.checkpoint.RankingModel", None)  # building one would fail
+    assert verify_checkpoint(tmp_path) == version
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_verify_rejects_damaged_weights_naming_the_file(tmp_path, damage):
+    save_checkpoint(make_model(), tmp_path)
+    raw = bytearray((tmp_path / WEIGHTS).read_bytes())
+    if damage == "flip":
+        raw[-100] ^= 0xFF  # still parses; the hash no longer matches
+    else:
+        raw = raw[: len(raw) // 2]
+    (tmp_path / WEIGHTS).write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=str(tmp_path / WEIGHTS)):
+        verify_checkpoint(tmp_path)

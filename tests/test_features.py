@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -58,3 +61,17 @@ def test_spec_roundtrip_and_duplicates():
 def test_stable_id_is_deterministic():
     assert stable_id(["M", "F", "M"]).tolist()[0] == stable_id(["M"]).tolist()[0]
     assert stable_id(["M"])[0] != stable_id(["F"])[0]
+
+
+def test_stable_id_is_the_same_in_other_processes():
+    """Two interpreters with different hash salts (as two Spark workers have) give the same ids."""
+    values = ["M", "F", "", "user-42", 17, 3.5, None]
+    code = f"from ugsep.features import stable_id; print(stable_id({values!r}).tolist())"
+
+    def in_process(seed: str) -> str:
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    first, second = in_process("1"), in_process("2")
+    assert first == second == str(stable_id(values).tolist())

@@ -1,5 +1,6 @@
 """The fused item side of score_groups (position-major layout, Triton kernels) against the eager
-path it replaces; its building blocks (position-major products, pre-quantized FP8 input) on CPU."""
+path it replaces; its building blocks (position-major products, pre-quantized FP8 input) on CPU;
+the kernel choice (``use_kernels``) made once and kept across moves."""
 
 import copy
 
@@ -8,13 +9,14 @@ import pytest
 import torch
 from conftest import make_model
 
+from ugsep.checkpoint import load_checkpoint, save_checkpoint
 from ugsep.data.ranking_data import batch_tensors
 from ugsep.data.synthetic import synthetic_dataset
+from ugsep.kernels import Backend
 from ugsep.layers import PerTokenLinear
-from ugsep.quant.apply import quantize_model
+from ugsep.quant import QuantRecipe, quantize_model
 from ugsep.quant.fp8 import fp8_bmm, quantize_fp8_rows, quantize_fp8_weight
 from ugsep.quant.modules import QuantPerTokenLinear
-from ugsep.quant.recipe import QuantRecipe
 
 CUDA = torch.cuda.is_available()
 FP8_GPU = CUDA and torch.cuda.get_device_capability() >= (8, 9)
@@ -49,11 +51,32 @@ def test_prequantized_fp8_input_gives_the_same_product():
         lin.positions_first(x, slice(0, 3), quantize_fp8_rows(x))
 
 
-def test_fused_is_refused_where_it_cannot_run():
-    model = make_model()
-    users, items, idx, _ = batch_tensors(synthetic_dataset(5, seed=1), np.arange(5))
-    with torch.no_grad(), pytest.raises(ValueError, match="fused=True needs CUDA"):
-        model.score_groups(model.encode_users(users), items, idx, fused=True)
+def test_triton_is_refused_where_it_cannot_run():
+    model = quantize_model(make_model(), QuantRecipe("w8a16"))  # on the CPU
+    assert model.kernels is Backend.TORCH
+    with pytest.raises(RuntimeError, match="Backend.TRITON needs the model on a CUDA device"):
+        model.use_kernels(Backend.TRITON)
+    assert model.backend is Backend.AUTO and model.kernels is Backend.TORCH  # unchanged
+    with pytest.raises(RuntimeError, match="Backend.TRITON needs"):
+        QuantPerTokenLinear(PerTokenLinear(4, 32, 16), 2, "w8a16", "float", backend=Backend.TRITON)
+
+
+def test_one_choice_reaches_every_quantized_layer_and_moves_re_resolve_auto(monkeypatch):
+    model = quantize_model(make_model(), QuantRecipe("w8a16"), backend=Backend.TORCH)
+    layers = [m for m in model.modules() if isinstance(m, QuantPerTokenLinear)]
+    assert layers and all(m.backend is Backend.TORCH for m in layers)
+    model.use_kernels(Backend.AUTO)
+    assert all(m.backend is Backend.AUTO for m in layers)
+    seen = []
+
+    def resolve(backend, device):
+        seen.append(Backend(backend))
+        return Backend.TORCH
+
+    monkeypatch.setattr("ugsep.model.resolve_backend", resolve)
+    monkeypatch.setattr("ugsep.quant.modules.resolve_backend", resolve)
+    model.to(torch.float64)  # a move or cast resolves AUTO again, in the model and in each layer
+    assert seen == [Backend.AUTO] * (len(layers) + 1)
 
 
 def _day(n_users, device):
@@ -63,10 +86,26 @@ def _day(n_users, device):
 
 
 def _both_paths(model, users, items, idx):
+    """(eager, fused) logits: the item side with torch ops, then with the Triton kernels."""
     with torch.inference_mode():
         state = model.encode_users(users)
-        return (model.score_groups(state, items, idx, fused=False).float(),
-                model.score_groups(state, items, idx, fused=True).float())
+        eager = model.use_kernels(Backend.TORCH).score_groups(state, items, idx).float()
+        fused = model.use_kernels(Backend.TRITON).score_groups(state, items, idx).float()
+    model.use_kernels(Backend.AUTO)
+    return eager, fused
+
+
+@needs_cuda
+def test_auto_picks_triton_once_a_loaded_model_moves_to_cuda(tmp_path):
+    recipe = QuantRecipe("w8a16")
+    save_checkpoint(quantize_model(make_model(), recipe), tmp_path,
+                    quant={"recipe": recipe.to_dict(), "base_model_version": "ugsep-base"})
+    model, _ = load_checkpoint(tmp_path)  # on the CPU, as the score workers load it
+    assert model.kernels is Backend.TORCH
+    model = model.to("cuda", torch.bfloat16)
+    layers = [m for m in model.modules() if isinstance(m, QuantPerTokenLinear)]
+    assert model.kernels is Backend.TRITON and all(m.kernels is Backend.TRITON for m in layers)
+    assert model.cpu().kernels is Backend.TORCH
 
 
 @needs_cuda
@@ -106,9 +145,9 @@ def test_fused_quantized_matches_eager_quantized(cfg):
 @needs_cuda
 def test_fused_with_no_candidates_returns_no_scores():
     users, items, idx = _day(3, "cuda")
-    model = make_model().cuda()
+    model = make_model().cuda().use_kernels(Backend.TRITON)
     with torch.inference_mode():
-        out = model.score_groups(model.encode_users(users), {k: v[:0] for k, v in items.items()}, idx[:0], fused=True)
+        out = model.score_groups(model.encode_users(users), {k: v[:0] for k, v in items.items()}, idx[:0])
     assert out.shape == (0,)
 
 

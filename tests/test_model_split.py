@@ -1,4 +1,7 @@
-"""Split inference (encode_users + score_groups) must equal the full forward."""
+"""Split inference (encode_users + score_groups) must equal the full forward; the public API."""
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ugsep.data.ranking_data import batch_tensors
-from ugsep.model import ModelConfig, SplitInferenceError
+from ugsep.model import ModelConfig, RankingModel, SplitInferenceError
 from ugsep.state import UserState
 
 
@@ -137,3 +140,27 @@ def test_per_position_addmm_equals_the_batched_product(device):
     with torch.no_grad():
         torch.testing.assert_close(per_position_addmm(x.transpose(0, 1), lin.weight, lin.bias).transpose(0, 1), ref)
         torch.testing.assert_close(lin(x[:, 1:3], slice(1, 3)), ref[:, 1:3])
+
+
+def test_public_api():
+    import ugsep
+    import ugsep.quant
+
+    assert set(ugsep.__all__) == set(ugsep._HOMES)
+    for name in ugsep.__all__:
+        assert getattr(ugsep, name) is not None
+    assert ugsep.RankingModel is RankingModel and ugsep.SplitInferenceError is SplitInferenceError
+    assert ugsep.quant.Backend is ugsep.Backend
+    for name in ugsep.quant.__all__:
+        assert getattr(ugsep.quant, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ugsep.nope  # noqa: B018
+
+
+def test_imports_stay_light():
+    """ugsep.features (used on Spark's side) needs no torch; nothing imports Triton."""
+    code = ("import sys, ugsep.features; light = 'torch' not in sys.modules; import ugsep, ugsep.quant; "
+            "ugsep.RankingModel, ugsep.load_checkpoint, ugsep.quant.quantize_model; "
+            "print(light, 'triton' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]

@@ -96,8 +96,8 @@ def test_workers_match_model(tmp_path, small_day):
 
 def test_workers_run_a_quantized_checkpoint(tmp_path, small_day):
     """A job config's ``model`` may be an `ugsep quantize` output: the workers load and run it."""
-    from ugsep.checkpoint import load_checkpoint
     from cli.model_commands import quantize_checkpoint
+    from ugsep.checkpoint import load_checkpoint
 
     save_checkpoint(make_model(seed=2), tmp_path / "float")
     q = quantize_checkpoint(str(tmp_path / "float"), str(tmp_path / "q"), "w8a16")

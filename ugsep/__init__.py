@@ -1,0 +1,81 @@
+"""UG-Sep ranking models: a user side computed once per user, scored against many candidates.
+
+    model, version = ugsep.load_checkpoint(path)
+    state = model.encode_users(users)                 # once per user
+    logits = model.score_groups(state, items, index)  # per candidate
+
+Quantization lives in ``ugsep.quant``. The names below are imported on first use, so
+``import ugsep.features`` (numpy only) stays light for Spark code; nothing imports Triton.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_HOMES = {
+    "Backend": "ugsep.kernels",
+    "CheckpointError": "ugsep.checkpoint",
+    "CheckpointInfo": "ugsep.checkpoint",
+    "checkpoint_info": "ugsep.checkpoint",
+    "load_checkpoint": "ugsep.checkpoint",
+    "read_spec": "ugsep.checkpoint",
+    "save_checkpoint": "ugsep.checkpoint",
+    "verify_checkpoint": "ugsep.checkpoint",
+    "DensePolicy": "ugsep.features",
+    "FeatureSpec": "ugsep.features",
+    "Field": "ugsep.features",
+    "FieldKind": "ugsep.features",
+    "ModelConfig": "ugsep.model",
+    "RankingModel": "ugsep.model",
+    "SplitInferenceError": "ugsep.model",
+    "StateLayout": "ugsep.state",
+    "UserState": "ugsep.state",
+}
+
+__all__ = [
+    "Backend",
+    "CheckpointError",
+    "CheckpointInfo",
+    "DensePolicy",
+    "FeatureSpec",
+    "Field",
+    "FieldKind",
+    "ModelConfig",
+    "RankingModel",
+    "SplitInferenceError",
+    "StateLayout",
+    "UserState",
+    "checkpoint_info",
+    "load_checkpoint",
+    "read_spec",
+    "save_checkpoint",
+    "verify_checkpoint",
+]
+
+if TYPE_CHECKING:
+    from ugsep.checkpoint import (
+        CheckpointError,
+        CheckpointInfo,
+        checkpoint_info,
+        load_checkpoint,
+        read_spec,
+        save_checkpoint,
+        verify_checkpoint,
+    )
+    from ugsep.features import DensePolicy, FeatureSpec, Field, FieldKind
+    from ugsep.kernels import Backend
+    from ugsep.model import ModelConfig, RankingModel, SplitInferenceError
+    from ugsep.state import StateLayout, UserState
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'ugsep' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

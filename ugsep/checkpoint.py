@@ -2,12 +2,15 @@
 
 No pickle anywhere: a checkpoint can be loaded from an untrusted location. ``model_version``
 hashes the config and the weights, so tables can refuse state written by another model.
+``checkpoint_info`` reads the config alone and ``verify_checkpoint`` the weights without building
+a model, for a driver that only plans and labels work.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ugsep.features import FeatureSpec
+from ugsep.kernels import Backend
 from ugsep.model import ModelConfig, RankingModel
 
 WEIGHTS = "model.safetensors"
@@ -25,6 +29,14 @@ FORMAT = "ugsep-checkpoint/1"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not match the model it claims to hold."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    spec: FeatureSpec
+    config: ModelConfig
+    version: str  # the model_version config.json records (not checked against the weights)
+    quantized: bool
 
 
 def model_version(spec: FeatureSpec, cfg: ModelConfig, state: dict[str, torch.Tensor],
@@ -81,27 +93,37 @@ def read_config(ckpt_dir: str | Path) -> dict[str, Any]:
 
 def read_spec(ckpt_dir: str | Path) -> FeatureSpec:
     """The checkpoint's feature spec, from its config alone (no weights read)."""
-    return _spec_and_config(ckpt_dir, read_config(ckpt_dir))[0]
+    return checkpoint_info(ckpt_dir).spec
 
 
-def _spec_and_config(ckpt_dir: str | Path, meta: dict[str, Any]) -> tuple[FeatureSpec, ModelConfig]:
-    try:
-        return FeatureSpec.from_dict(meta["feature_spec"]), ModelConfig(**meta["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt_dir}/{CONFIG}: invalid model config ({e})") from None
-
-
-def load_checkpoint(ckpt_dir: str | Path, map_location: str = "cpu") -> tuple[RankingModel, str]:
-    """Load and verify a checkpoint; returns (model in eval mode, model_version)."""
+def checkpoint_info(ckpt_dir: str | Path) -> CheckpointInfo:
+    """Spec, config, recorded version and whether it is quantized, from config.json alone: no
+    weights are read and no model is built."""
     meta = read_config(ckpt_dir)
     spec, cfg = _spec_and_config(ckpt_dir, meta)
-    wpath = Path(ckpt_dir) / WEIGHTS
-    try:
-        state = load_file(str(wpath), device=map_location)
-    except FileNotFoundError:
-        raise CheckpointError(f"{wpath}: no such file") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{wpath}: unreadable safetensors file ({e})") from None
+    return CheckpointInfo(spec, cfg, _recorded_version(ckpt_dir, meta), bool(meta.get("quantization")))
+
+
+def verify_checkpoint(ckpt_dir: str | Path) -> str:
+    """Read the weights and check they hash to the version config.json records, without building
+    a model; returns that model_version. Raises CheckpointError naming the file otherwise."""
+    meta = read_config(ckpt_dir)
+    spec, cfg = _spec_and_config(ckpt_dir, meta)
+    state = _read_weights(ckpt_dir)
+    return _check_version(ckpt_dir, meta, model_version(spec, cfg, state, meta.get("quantization")))
+
+
+def load_checkpoint(ckpt_dir: str | Path, map_location: str = "cpu",
+                    backend: Backend | str = Backend.AUTO) -> tuple[RankingModel, str]:
+    """Load and verify a checkpoint; returns (model in eval mode, model_version).
+
+    ``backend``: the model's kernels (``RankingModel.use_kernels``). AUTO is resolved for
+    ``map_location`` now and again whenever the model is moved, so ``.to("cuda")`` after loading
+    on the CPU picks the Triton kernels.
+    """
+    meta = read_config(ckpt_dir)
+    spec, cfg = _spec_and_config(ckpt_dir, meta)
+    state = _read_weights(ckpt_dir, map_location)
     model = RankingModel(spec, cfg)
     quant = meta.get("quantization")
     if quant:
@@ -112,11 +134,40 @@ def load_checkpoint(ckpt_dir: str | Path, map_location: str = "cpu") -> tuple[Ra
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{wpath}: weights do not match the config ({e})") from None
-    version = model_version(spec, cfg, state, quant)
-    if version != meta.get("model_version"):
+        raise CheckpointError(f"{Path(ckpt_dir) / WEIGHTS}: weights do not match the config ({e})") from None
+    version = _check_version(ckpt_dir, meta, model_version(spec, cfg, state, quant))
+    return model.use_kernels(backend).eval(), version
+
+
+def _spec_and_config(ckpt_dir: str | Path, meta: dict[str, Any]) -> tuple[FeatureSpec, ModelConfig]:
+    try:
+        return FeatureSpec.from_dict(meta["feature_spec"]), ModelConfig(**meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt_dir}/{CONFIG}: invalid model config ({e})") from None
+
+
+def _recorded_version(ckpt_dir: str | Path, meta: dict[str, Any]) -> str:
+    version = meta.get("model_version")
+    if not isinstance(version, str) or not version:
+        raise CheckpointError(f"{Path(ckpt_dir) / CONFIG}: no model_version recorded")
+    return version
+
+
+def _read_weights(ckpt_dir: str | Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    wpath = Path(ckpt_dir) / WEIGHTS
+    try:
+        return load_file(str(wpath), device=map_location)
+    except FileNotFoundError:
+        raise CheckpointError(f"{wpath}: no such file") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{wpath}: unreadable safetensors file ({e})") from None
+
+
+def _check_version(ckpt_dir: str | Path, meta: dict[str, Any], version: str) -> str:
+    recorded = _recorded_version(ckpt_dir, meta)
+    if version != recorded:
         raise CheckpointError(
-            f"{ckpt_dir}: weights hash to {version} but config.json says "
-            f"{meta.get('model_version')}; the checkpoint is corrupt or was edited"
+            f"{Path(ckpt_dir) / WEIGHTS}: weights hash to {version} but {CONFIG} says {recorded}; "
+            "the checkpoint is corrupt or was edited"
         )
-    return model.eval(), version
+    return version

@@ -14,7 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from ugsep.features import FeatureSpec
-from ugsep.fused_groups import fused_available, score_groups_fused
+from ugsep.fused_groups import score_groups_fused
+from ugsep.head import Head
+from ugsep.kernels import Backend, resolve_backend
 from ugsep.mixer import TokenMixerBlock
 from ugsep.state import StateLayout, UserState
 from ugsep.tokenizer import Tokenizer
@@ -64,6 +66,14 @@ class SplitInferenceError(RuntimeError):
 
 
 class RankingModel(nn.Module):
+    """tokenizers -> TokenMixer blocks -> head.
+
+    Kernels: ``use_kernels`` picks Triton (CUDA: fused item side, W8A16 kernel) or torch ops
+    once; ``backend`` is what was asked for, ``kernels`` what runs. AUTO is resolved again
+    whenever the model moves (``.to``/``.cuda``/``.cpu``), so a model loaded on the CPU and then
+    moved to a GPU runs the Triton kernels there.
+    """
+
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig) -> None:
         super().__init__()
         self.spec, self.cfg = spec, cfg
@@ -75,9 +85,8 @@ class RankingModel(nn.Module):
             TokenMixerBlock(tu, tg, d, cfg.ffn_mult, cfg.arch == "ugsep", rank)
             for _ in range(cfg.n_layers)
         )
-        self.head = nn.Sequential(
-            nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1)
-        )
+        self.head = Head(d, cfg.head_hidden, cfg.pool, cfg.n_tokens)
+        self.use_kernels(Backend.AUTO)
 
     # --- full forward: the reference ---
     def forward(self, users: dict[str, Tensor], items: dict[str, Tensor], user_index: Tensor) -> Tensor:
@@ -86,8 +95,8 @@ class RankingModel(nn.Module):
         x = torch.cat([u, self.item_tokenizer(items)], dim=1)  # (N, T, D)
         for blk in self.blocks:
             x = blk(x)
-        pooled = x[:, self.cfg.n_user_tokens :] if self.cfg.pool == "group" else x
-        return self.head(pooled.mean(1)).squeeze(-1)
+        tu = self.cfg.n_user_tokens
+        return self.head(x[:, tu:], self.head.user_sum(x[:, :tu]))
 
     # --- split inference ---
     @property
@@ -110,37 +119,52 @@ class RankingModel(nn.Module):
         return UserState(
             heads=torch.stack(heads, dim=1),  # (B_u, L, T_u, T_g, d)
             comp=torch.stack(comps, dim=1) if self.cfg.uses_compensation else None,
-            pooled=u.sum(1) if self.cfg.pool == "all" else None,
+            pooled=self.head.user_sum(u),
         )
 
-    def score_groups(self, state: UserState, items: dict[str, Tensor], user_index: Tensor,
-                     fused: bool | None = None) -> Tensor:
+    def score_groups(self, state: UserState, items: dict[str, Tensor], user_index: Tensor) -> Tensor:
         """Logits (N,) for N candidates from precomputed user state; no user-token work.
 
-        ``fused``: run the item side through ``ugsep.fused_groups`` (CUDA + Triton, inference);
-        None picks it wherever it is available.
+        With Triton kernels (``use_kernels``) and autograd off, the item side runs fused
+        (``ugsep.fused_groups``, which has no backward); otherwise as written here.
         """
         self._require_split()
-        available = fused_available(user_index)
-        if fused and not available:
-            raise ValueError("fused=True needs CUDA tensors, Triton and autograd off")
-        if available and fused is not False:
+        if self.kernels is Backend.TRITON and not torch.is_grad_enabled():
             return score_groups_fused(self, state, items, user_index)
         g = self.item_tokenizer(items)  # (N, T_g, D)
         heads = state.heads[user_index]  # (N, L, T_u, T_g, d)
         comp = state.comp[user_index] if state.comp is not None else None
         for i, blk in enumerate(self.blocks):
             g = blk.group_step(g, heads[:, i], None if comp is None else comp[:, i])
-        if self.cfg.pool == "group":
-            return self.head(g.mean(1)).squeeze(-1)
-        total = g.sum(1) + state.pooled[user_index]
-        return self.head(total / self.cfg.n_tokens).squeeze(-1)
+        return self.head(g, None if state.pooled is None else state.pooled[user_index])
 
     def score(self, users: dict[str, Tensor], items: dict[str, Tensor], user_index: Tensor) -> Tensor:
         """The fastest exact path: split for ugsep, full forward for rankmixer."""
         if self.cfg.arch == "ugsep":
             return self.score_groups(self.encode_users(users), items, user_index)
         return self(users, items, user_index)
+
+    # --- kernels ---
+    def use_kernels(self, backend: Backend | str = Backend.AUTO) -> RankingModel:
+        """Choose the kernels for every path and layer once. AUTO: Triton where the parameters
+        are on CUDA and Triton imports, else torch ops; TRITON where it cannot run raises."""
+        self.kernels = resolve_backend(backend, self._device())  # raises before changing anything
+        self.backend = Backend(backend)
+        for m in self.modules():
+            if m is not self and hasattr(m, "use_kernels"):
+                m.use_kernels(self.backend)  # quantized layers
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        """After a move or cast (``to``, ``cuda``, ``cpu``, ...), resolve the kernels for where
+        the parameters now are (the quantized layers do the same for themselves)."""
+        super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "backend"):  # not while __init__ is still building the model
+            self.kernels = resolve_backend(self.backend, self._device())
+        return self
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def _require_split(self) -> None:
         if self.cfg.arch != "ugsep":
@@ -161,6 +185,6 @@ class RankingModel(nn.Module):
         comp = sum(b.comp.flops() for b in self.blocks if b.comp is not None)
         user = self.user_tokenizer.flops() + c.n_layers * c.n_user_tokens * ffn + comp
         item = self.item_tokenizer.flops() + c.n_layers * c.n_group_tokens * ffn
-        head = 2 * sum(m.weight.numel() for m in self.head if isinstance(m, nn.Linear))
+        head = self.head.flops()
         per_user_share = 1.0 / candidates_per_user if c.arch == "ugsep" else 1.0
         return user * per_user_share + item + head

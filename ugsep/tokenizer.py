@@ -14,7 +14,12 @@ from ugsep.layers import PerTokenLinear
 
 
 class FieldEmbedder(nn.Module):
-    """Turns a dict of raw field tensors into one (B, F) float tensor."""
+    """Turns a dict of raw field tensors into one (B, F) float tensor.
+
+    The per-field plan (name, kind, buckets) is fixed in ``__init__`` as a tuple of plain
+    values, and the dense transform has no data-dependent branch, so ``torch.compile`` traces
+    ``forward`` as one graph with no recompiles.
+    """
 
     def __init__(self, fields: tuple[Field, ...], dense_policy: DensePolicy) -> None:
         super().__init__()
@@ -26,23 +31,30 @@ class FieldEmbedder(nn.Module):
         for t in self.tables.values():
             nn.init.normal_(t.weight, std=0.05)
         self.width = sum(f.width for f in fields)
+        self.plan = tuple((f.name, f.kind, f.buckets) for f in fields)  # in output column order
+        self.dense_names = tuple(f.name for f in fields if f.kind == FieldKind.DENSE)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return torch.cat([self._embed(f, _get(batch, f.name)) for f in self.fields], dim=-1)
+        if self.dense_policy == DensePolicy.REJECT and self.dense_names:
+            reject_non_finite(batch, self.dense_names)
+        parts = []
+        for name, kind, buckets in self.plan:
+            x = _get(batch, name)
+            if kind == FieldKind.CATEGORICAL:
+                parts.append(self.tables[name](torch.remainder(x.long(), buckets)))
+            elif kind == FieldKind.MULTI:
+                parts.append(_mean_pool(self.tables[name], x.long(), buckets))
+            else:
+                parts.append(_dense(x).unsqueeze(-1))
+        return torch.cat(parts, dim=-1)
 
-    def _embed(self, f: Field, x: Tensor) -> Tensor:
-        if f.kind == FieldKind.CATEGORICAL:
-            return self.tables[f.name](torch.remainder(x.long(), f.buckets))
-        if f.kind == FieldKind.MULTI:
-            return self._mean_pool(f, x.long())
-        return _dense(f.name, x, self.dense_policy).unsqueeze(-1)
 
-    def _mean_pool(self, f: Field, ids: Tensor) -> Tensor:
-        # ids: (B, L) padded with PAD_ID
-        valid = ids != PAD_ID
-        emb = self.tables[f.name](torch.where(valid, torch.remainder(ids, f.buckets), 0))
-        emb = emb * valid.unsqueeze(-1)  # (B, L, dim)
-        return emb.sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+def _mean_pool(table: nn.Embedding, ids: Tensor, buckets: int) -> Tensor:
+    """ids: (B, L) padded with PAD_ID -> (B, dim), the mean over the valid entries (0 if none)."""
+    valid = ids != PAD_ID
+    emb = table(torch.where(valid, torch.remainder(ids, buckets), 0))
+    emb = emb * valid.unsqueeze(-1)  # (B, L, dim)
+    return emb.sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
 
 
 def _get(batch: dict[str, Tensor], name: str) -> Tensor:
@@ -52,16 +64,21 @@ def _get(batch: dict[str, Tensor], name: str) -> Tensor:
         raise KeyError(f"batch is missing field {name!r} (has {sorted(batch)})") from None
 
 
-def _dense(name: str, x: Tensor, policy: DensePolicy) -> Tensor:
-    """Apply the non-finite policy, then a signed log1p so counts and prices share a scale."""
-    x = x.float()
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        if policy == DensePolicy.REJECT:
-            raise ValueError(f"dense field {name!r} has {int(bad.sum())} NaN/inf values")
-        x = torch.nan_to_num(x, nan=0.0, posinf=DENSE_CLIP, neginf=-DENSE_CLIP)
+def _dense(x: Tensor) -> Tensor:
+    """NaN -> 0, +-inf -> +-DENSE_CLIP, clamp, then a signed log1p so counts and prices share a
+    scale. No branch on the data: finite values pass nan_to_num unchanged."""
+    x = torch.nan_to_num(x.float(), nan=0.0, posinf=DENSE_CLIP, neginf=-DENSE_CLIP)
     x = x.clamp(-DENSE_CLIP, DENSE_CLIP)
     return torch.sign(x) * torch.log1p(x.abs())
+
+
+def reject_non_finite(batch: dict[str, Tensor], names: tuple[str, ...]) -> None:
+    """DensePolicy.REJECT: raise, naming the first dense field with NaN/inf and the count. It
+    reads a flag back to the host: under torch.compile this is a graph break (CLAMP has none)."""
+    bad = ~torch.isfinite(torch.stack([_get(batch, n).float() for n in names], dim=-1))  # (B, n_dense)
+    if bool(bad.any()):
+        name, count = next((n, c) for n, c in zip(names, bad.sum(0).tolist(), strict=True) if c)
+        raise ValueError(f"dense field {name!r} has {count} NaN/inf values")
 
 
 class Tokenizer(nn.Module):

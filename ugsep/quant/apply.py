@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ugsep.kernels import Backend
 from ugsep.layers import PerTokenLinear
 from ugsep.model import RankingModel
 from ugsep.quant.fp8 import quantize_fp8_rows, quantize_fp8_weight
 from ugsep.quant.modules import QuantPerTokenLinear
-from ugsep.quant.recipe import Backend, QuantRecipe
+from ugsep.quant.recipe import QuantRecipe
 
 
 def quantizable_layers(model: RankingModel) -> dict[str, tuple[PerTokenLinear, int]]:
@@ -54,13 +55,16 @@ def calibrate_fp8(model: RankingModel, recipe: QuantRecipe, users: dict, items: 
     return sensitive
 
 
-def quantize_model(model: RankingModel, recipe: QuantRecipe, backend: Backend = Backend.AUTO) -> RankingModel:
-    """Swap quantizable layers in place; ``recipe.float_layers`` keep their item side in float."""
+def quantize_model(model: RankingModel, recipe: QuantRecipe, backend: Backend | None = None) -> RankingModel:
+    """Swap quantizable layers in place; ``recipe.float_layers`` keep their item side in float.
+    ``backend``: the kernels for the whole model (``RankingModel.use_kernels``); None keeps the
+    model's choice."""
+    backend = model.backend if backend is None else Backend(backend)
     for name, (layer, boundary) in quantizable_layers(model).items():
         user_fmt = "w8a16" if recipe.user_w8a16 else "float"
         item_fmt = "fp8" if recipe.item_fp8 and name not in recipe.float_layers else "float"
-        _set(model, name, QuantPerTokenLinear(layer, boundary, user_fmt, item_fmt, recipe.group_size, backend))
-    return model
+        _set(model, name, QuantPerTokenLinear(layer, boundary, user_fmt, item_fmt, recipe.group_size))
+    return model.use_kernels(backend)
 
 
 def _set(root: nn.Module, dotted: str, module: nn.Module) -> None:

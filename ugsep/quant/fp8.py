@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ugsep.optional_triton import triton_kernel
+from ugsep.kernels import triton_kernel
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max
@@ -28,12 +28,13 @@ def fp8_supported(device: torch.device) -> bool:
 
 
 def fp8_bmm(x: Tensor | None, q: Tensor, scale: Tensor, bias: Tensor,
-            x_fp8: tuple[Tensor, Tensor] | None = None) -> Tensor:
+            x_fp8: tuple[Tensor, Tensor] | None = None, triton_rows: bool = False) -> Tensor:
     """y[t] = x[t] @ q[t]^T * scale[t] + bias[t] with per-row dynamic FP8 activations.
 
     x: (T, M, K) 16-bit; q: (T, N, K) E4M3 (column-major B); scale: (T, N) float32; bias: (T, N).
     ``x_fp8``: x's rows already quantized, ((T, M, K) E4M3, (T, M, 1) float32), e.g. by a kernel
-    that fused it with what produced x; x may then be None and y is bf16.
+    that fused it with what produced x; x may then be None and y is bf16. ``triton_rows``: on
+    FP8 GPUs quantize x's rows with the Triton kernel (the caller's kernel choice).
     On FP8 GPUs: one cuBLASLt rowwise-scaled GEMM per position, written in place (no stack copy);
     elsewhere an emulation with the same rounding.
     """
@@ -42,11 +43,11 @@ def fp8_bmm(x: Tensor | None, q: Tensor, scale: Tensor, bias: Tensor,
         xq, xs = x_fp8 or quantize_fp8_rows(x)
         wf = q.float().transpose(1, 2) * scale.unsqueeze(1)
         return torch.baddbmm(bias.float().unsqueeze(1), xq.float() * xs, wf).to(out_dtype)
-    xq, xs = x_fp8 or (triton_kernel("fp8_quantize_rows") or quantize_fp8_rows)(x.contiguous())  # (T, M, K), (T, M, 1)
+    quantize_rows = triton_kernel("fp8_quantize_rows") if triton_rows else quantize_fp8_rows
+    xq, xs = x_fp8 or quantize_rows(x.contiguous())  # (T, M, K), (T, M, 1)
     y = torch.empty((xq.shape[0], xq.shape[1], q.shape[1]), device=q.device, dtype=torch.bfloat16)
     for t in range(xq.shape[0]):
-        # cuBLASLt wants 16-byte aligned scales (our kernels allocate them so; others get a copy);
-        # fast accumulation: K is at most a few thousand here, and the scores test bounds the error
+        # cuBLASLt wants 16-byte aligned scales; fast accumulation: K is short and a test bounds the error
         xs_t = xs[t] if xs[t].data_ptr() % 16 == 0 else xs[t].clone()
         torch._scaled_mm(xq[t], q[t].t(), scale_a=xs_t, scale_b=scale[t].unsqueeze(0),
                          bias=bias[t].to(torch.bfloat16), out_dtype=torch.bfloat16, use_fast_accum=True, out=y[t])

@@ -6,11 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ugsep.kernels import Backend, resolve_backend, triton_kernel
 from ugsep.layers import PerTokenLinear, per_token_product
-from ugsep.optional_triton import triton_kernel
 from ugsep.quant.fp8 import E4M3, fp8_bmm, quantize_fp8_weight
 from ugsep.quant.int8 import dequantize_int8, quantize_int8
-from ugsep.quant.recipe import Backend
 
 
 class QuantPerTokenLinear(nn.Module):
@@ -19,6 +18,9 @@ class QuantPerTokenLinear(nn.Module):
     user side: ``w8a16`` int8 weights (T_u, N, K) + scales (T_u, G, N), 16-bit activations.
     item side: ``fp8`` E4M3 weights (T_g, N, K) + per-channel scales and per-row dynamic
     activation scales, or ``float`` weights.
+
+    Kernels: ``backend`` is what was asked for, ``kernels`` what runs (Triton or torch), resolved
+    by ``use_kernels`` and again after every move, as ``RankingModel`` does.
     """
 
     def __init__(self, lin: PerTokenLinear, boundary: int, user_fmt: str, item_fmt: str,
@@ -26,10 +28,23 @@ class QuantPerTokenLinear(nn.Module):
         super().__init__()
         w = lin.weight.detach()
         self.n_tokens, self.boundary, self.d_out = w.shape[0], boundary, w.shape[2]
-        self.user_fmt, self.item_fmt, self.backend = user_fmt, item_fmt, Backend(backend)
+        self.user_fmt, self.item_fmt = user_fmt, item_fmt
         self.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
         self._store("user", w[:boundary], user_fmt, group_size)
         self._store("item", w[boundary:], item_fmt, group_size)
+        self.use_kernels(backend)
+
+    def use_kernels(self, backend: Backend | str = Backend.AUTO) -> QuantPerTokenLinear:
+        """AUTO: the Triton kernels where the weights are on CUDA and Triton imports, else torch ops."""
+        self.kernels = resolve_backend(backend, self.bias.device)  # raises before changing anything
+        self.backend = Backend(backend)
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "backend"):  # not while __init__ is still building the layer
+            self.kernels = resolve_backend(self.backend, self.bias.device)
+        return self
 
     def _store(self, side: str, w: Tensor, fmt: str, group_size: int) -> None:
         if fmt == "w8a16":
@@ -70,7 +85,8 @@ class QuantPerTokenLinear(nn.Module):
         if fmt == "w8a16":
             return self._w8a16(x, getattr(self, f"{side}_q")[sl], self._scale(side)[sl], bias)
         if fmt == "fp8":
-            return fp8_bmm(x, getattr(self, f"{side}_q")[sl].view(E4M3), self._scale(side)[sl], bias, x_fp8)
+            return fp8_bmm(x, getattr(self, f"{side}_q")[sl].view(E4M3), self._scale(side)[sl], bias, x_fp8,
+                           triton_rows=self.kernels is Backend.TRITON)
         w = getattr(self, f"{side}_w")[sl].to(x.dtype)
         return per_token_product(x, w, bias.to(x.dtype))
 
@@ -85,14 +101,10 @@ class QuantPerTokenLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _w8a16(self, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-        kernel = triton_kernel("w8a16_bmm") if x.is_cuda and self.backend != Backend.TORCH else None
-        if self.backend == Backend.TRITON and kernel is None:
-            raise RuntimeError("backend=triton needs CUDA and the triton package")
-        if kernel is not None and x.dtype in (torch.bfloat16, torch.float16):
-            return kernel(x, q.transpose(1, 2), scale.float(), bias.to(x.dtype))
+        if self.kernels is Backend.TRITON and x.dtype in (torch.bfloat16, torch.float16):
+            return triton_kernel("w8a16_bmm")(x, q.transpose(1, 2), scale.float(), bias.to(x.dtype))
         if x.dtype == torch.bfloat16 and not x.is_cuda and scale.shape[1] == 1 and x.shape[-1] % 16 == 0:
-            # CPU: one int8 GEMM per position with bf16 activations (fast at small M; the op
-            # crashes on widths that are not a multiple of 16, which take the dequantize path)
+            # CPU int8 GEMM per position; the op crashes on widths that are not a multiple of 16
             return torch.stack([torch._weight_int8pack_mm(x[t].contiguous(), q[t], scale[t, 0].to(x.dtype))
                                 for t in range(x.shape[0])]) + bias.to(x.dtype).unsqueeze(1)
         w = dequantize_int8(q.transpose(1, 2), scale.float(), x.dtype)

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+
+from ugsep.kernels import Backend  # noqa: F401  (re-exported: its home before ugsep.kernels)
 
 MODES = ("w8a16", "fp8", "w8a16+fp8")
-
-
-class Backend(str, Enum):
-    """Kernel choice; AUTO picks Triton on CUDA and the torch path elsewhere."""
-
-    AUTO = "auto"
-    TRITON = "triton"
-    TORCH = "torch"
 
 
 @dataclass

@@ -28,13 +28,12 @@ def _configs():
     ]
 
 
-# Few output tiles (fc2-like: long K, narrow N) leave SMs idle: split K over programs, add partials
-# with fp32 atomics into a zeroed workspace, cast once at the end.
+# Few output tiles (long K, narrow N) leave SMs idle: split K, add fp32 partials atomically
 SPLIT_K_MAX_TILES = 256
 
 
 def _bench_replays(fn, quantiles):
-    """Autotune on CUDA graph replays (eager timings of these ~10 us kernels are mostly launch
+    """Autotune on CUDA graph replays (eager timings of these short kernels are mostly launch
     cost), each call after reading a buffer twice the L2 size: in a model a layer's weights are
     evicted by the next layers' before they are read again, and the fastest tile config for
     L2-resident weights is not the fastest from HBM. The read costs every config the same.
@@ -87,8 +86,7 @@ def _w8a16_bmm_kernel(
     rk = tl.arange(0, BK)
     x_base = x_ptr + t * sxt + rm[:, None] * sxm
     q_base = q_ptr + t * sqt + rn[None, :] * sqn
-    # small-M tiles stream a short K loop in one wave: issue the epilogue's loads first so their
-    # latency hides under the weight stream instead of adding to every program's tail (1-2%)
+    # small-M tiles: load the epilogue's operands first so their latency hides under the weight stream
     if BM <= 16:
         sc, bi = _scale_bias(s_ptr, b_ptr, t, ks, rn, N, sst, ssn, sbt, HAS_BIAS, GROUPED)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -142,10 +140,8 @@ def _w8a16_tma_kernel(
 ):
     """_w8a16_bmm_kernel for M > 16 with both tiles fetched by TMA: x through a (T, M, K) descriptor,
     the weights through one over their (T, N, K) storage (zero fill past M, N and K, so no masks).
-    On an H100 with weights from HBM (T=16): fc2-like (K=3072, N=768) M=64 1.27x faster than the
-    split-K pointer kernel, fc1-like (K=768, N=3072) 1.12x, M=256..1024 1.1-1.2x. SWAP computes the transposed
-    tile, dequant(q) (BN x BK, straight from registers as the wgmma A operand) @ x^T, so the wide N
-    side fills the 64-row MMA when the N tiles are narrow."""
+    SWAP computes the transposed tile, dequant(q) (BN x BK, straight from registers as the wgmma A
+    operand) @ x^T, so the wide N side fills the 64-row MMA when the N tiles are narrow."""
     pid, t = tl.program_id(0), tl.program_id(1)
     m_tiles = tl.cdiv(M, BM)
     pn, pm = pid // m_tiles, pid % m_tiles
@@ -255,8 +251,8 @@ def fp8_quantize_rows(x: Tensor, gelu: bool = False) -> tuple[Tensor, Tensor]:
 
     Same rounding as ``ugsep.quant.fp8.quantize_fp8_rows`` (which reads x four times through
     temporaries) up to a reciprocal; ``gelu`` quantizes GELU(x) without writing GELU(x) out, with
-    GELU in its tanh form: exact erf made the kernel compute-bound (2.4x slower on an H200), and
-    the two differ by < 1e-3, far under E4M3's rounding step (1/16 relative).
+    GELU in its tanh form: exact erf makes the kernel compute-bound, and the two differ by
+    < 1e-3, far under E4M3's rounding step (1/16 relative).
     """
     m, k = x.shape[-2], x.shape[-1]
     q = torch.empty(x.shape, device=x.device, dtype=torch.float8_e4m3fn)
