@@ -12,13 +12,13 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType
 
 from jobs.config import JobConfig
-from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, non_key_columns
+from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
 from jobs.report import observe_score_distribution
 from jobs.score_stage import day_candidates
 from jobs.validation import REASON, quarantine_rows, require_candidates, tally, user_reason
-from ugsep.features import PAD_ID, Field, FieldKind
+from ugsep.features import PAD_ID, Field, FieldKind, non_key_columns
 
 BASELINE_TABLE = "baseline_scores"
 
@@ -79,7 +79,7 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
     path = cfg.table_path(BASELINE_TABLE)
     job = start_job(spark, "baseline-score", ds, ckpt, [(SCORES, path), (QUARANTINE, cfg.table_path(QUARANTINE))],
                     stale_summaries=(cfg.summary_path("baseline-score", ds),))
-    ds, spec, version, summary, run_id = job.ds, job.model.spec, job.version, job.summary, job.run_id
+    ds, spec, version, summary, run_id = job.ds, job.spec, job.version, job.summary, job.run_id
     tagged = None
     try:
         with summary.timed("read+validate"):

@@ -92,10 +92,5 @@ QUARANTINE = TableContract(
     partition_by=("ds",),
 )
 
-def non_key_columns(fields, key: str) -> list[str]:
-    """Names of a side's model fields other than the join key (the columns joined onto it)."""
-    return [f.name for f in fields if f.name != key]
-
-
 INPUTS = (CANDIDATES, USER_FEATURES, ITEM_FEATURES)
 ALL = INPUTS + (USER_STATE, SCORES, QUARANTINE)

@@ -1,9 +1,14 @@
-"""What every model job does first: validate ds, load the model, create its output tables."""
+"""What every model job does first: validate ds, check the checkpoint, create its output tables.
+
+The driver never builds the model: it reads the checkpoint's spec and version from its config
+and hashes its weights once per file version (``ugsep run`` starts two stages on one file).
+The Python workers load the model themselves and check they got the same version."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -13,14 +18,14 @@ from jobs.contracts import TableContract
 from jobs.delta_io import ensure_table
 from jobs.spark_progress import stage_progress
 from jobs.summary import JobSummary
-from ugsep.checkpoint import load_checkpoint
-from ugsep.model import RankingModel
+from ugsep.checkpoint import WEIGHTS, checkpoint_info, verify_checkpoint
+from ugsep.features import FeatureSpec
 
 
 @dataclass
 class JobStart:
     ds: str
-    model: RankingModel
+    spec: FeatureSpec  # the checkpoint's feature spec
     version: str
     summary: JobSummary
     run_id: str  # tags this job's Delta commits (userMetadata)
@@ -35,8 +40,22 @@ def start_job(spark: SparkSession, job: str, ds: str, ckpt: str, outputs: list[t
         path.unlink(missing_ok=True)
     summary = JobSummary(job, ds, unit=unit, progress=stage_progress(spark))
     with summary.timed("start"):  # counted in the job's seconds and throughput like any step
-        model, version = load_checkpoint(ckpt)
+        spec, version = checked_checkpoint(ckpt)
         for contract, path in outputs:
             ensure_table(spark, contract, path)
     summary.model_version = version
-    return JobStart(ds, model, version, summary, f"{job}-{ds}-{uuid.uuid4().hex[:8]}")
+    return JobStart(ds, spec, version, summary, f"{job}-{ds}-{uuid.uuid4().hex[:8]}")
+
+
+def checked_checkpoint(ckpt: str) -> tuple[FeatureSpec, str]:
+    """The checkpoint's (spec, model_version), its weights verified against the version."""
+    info = checkpoint_info(ckpt)
+    weights = Path(ckpt).resolve() / WEIGHTS
+    stat = weights.stat() if weights.exists() else None
+    _verified(str(Path(ckpt).resolve()), stat and (stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return info.spec, info.version
+
+
+@lru_cache(maxsize=8)
+def _verified(ckpt: str, file_version: tuple[int, int, int] | None) -> str:
+    return verify_checkpoint(ckpt)

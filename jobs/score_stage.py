@@ -11,7 +11,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.config import JobConfig
-from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE, non_key_columns
+from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import JobStart, start_job
 from jobs.model_stage import map_in_arrow_with_model
@@ -27,7 +27,7 @@ from jobs.validation import (
     user_reason,
 )
 from jobs.workers import SCORE_SCHEMA, score_user_rows
-from ugsep.features import FeatureSpec, FieldKind
+from ugsep.features import FeatureSpec, FieldKind, non_key_columns
 
 OUTPUTS = (SCORES, QUARANTINE)  # the tables this stage writes
 
@@ -117,12 +117,12 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
                     stale_summaries=(cfg.summary_path("score-stage", ds), cfg.summary_path("run", ds)))
     if day is not None:
         return _score_day(spark, cfg, job, day, compute_missing)
-    with cached_day(spark, cfg, job.ds, job.model.spec) as own:
+    with cached_day(spark, cfg, job.ds, job.spec) as own:
         return _score_day(spark, cfg, job, own, compute_missing)
 
 
 def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedDay, compute_missing: bool) -> dict:
-    ds, spec, version, summary, run_id = job.ds, job.model.spec, job.version, job.summary, job.run_id
+    ds, spec, version, summary, run_id = job.ds, job.spec, job.version, job.summary, job.run_id
     with summary.timed("read+validate"):
         state = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
         check_state_version(state, version, ds)

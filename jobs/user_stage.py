@@ -8,13 +8,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.config import JobConfig, day_start
-from jobs.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE, non_key_columns
+from jobs.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE
 from jobs.delta_io import read_table, replace_day
 from jobs.job_start import start_job
 from jobs.model_stage import map_in_arrow_with_model
 from jobs.validation import REASON, quarantine_rows, require_candidates, tag_user_rows, tally
 from jobs.workers import STATE_SCHEMA, encode_user_batches
-from ugsep.features import FeatureSpec
+from ugsep.features import FeatureSpec, non_key_columns
 
 OUTPUTS = (USER_STATE, QUARANTINE)  # the tables this stage writes
 
@@ -42,15 +42,15 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: Dat
     job = start_job(spark, "user-stage", ds, cfg.model,
                     [(c, cfg.table_path(c)) for c in OUTPUTS], unit="users",
                     stale_summaries=(cfg.summary_path("user-stage", ds), cfg.summary_path("run", ds)))
-    ds, model, version, summary, run_id = job.ds, job.model, job.version, job.summary, job.run_id
+    ds, spec, version, summary, run_id = job.ds, job.spec, job.version, job.summary, job.run_id
     tagged = None
     try:
         with summary.timed("read"):
             if candidates is None:
                 candidates = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
             feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
-            tagged = day_users(candidates, feats, model.spec).persist()
-            counts = tally(tagged, model.spec.user_fields)
+            tagged = day_users(candidates, feats, spec).persist()
+            counts = tally(tagged, spec.user_fields)
             require_candidates(counts.rows, ds, cfg.table_path(CANDIDATES))
             summary.rows_in, summary.quarantine_reasons = counts.rows, counts.reasons
             summary.unknown_categorical = counts.unknown_categorical

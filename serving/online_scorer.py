@@ -14,10 +14,9 @@ import numpy as np
 import torch
 
 from feature_store.store import feature_store
-from jobs.contracts import non_key_columns
 from ugsep.checkpoint import load_checkpoint
 from ugsep.data.ranking_data import to_tensors
-from ugsep.features import PAD_ID, FieldKind
+from ugsep.features import PAD_ID, FieldKind, non_key_columns
 from ugsep.state import UserState
 
 STATE_FEATURES = ["user_state:model_version", "user_state:state"]

@@ -90,6 +90,11 @@ class FeatureSpec:
         )
 
 
+def non_key_columns(fields: tuple[Field, ...], key: str) -> list[str]:
+    """Names of a side's fields other than its join key (the columns joined onto the key)."""
+    return [f.name for f in fields if f.name != key]
+
+
 def stable_id(values: Any) -> np.ndarray:
     """Map strings (or anything with a str()) to int64 ids that are stable across processes.
 

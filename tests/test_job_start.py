@@ -1,0 +1,38 @@
+"""The Spark driver reads a checkpoint's spec and version without building the model."""
+
+import os
+
+import pytest
+from conftest import make_model
+
+from jobs import job_start
+from ugsep.checkpoint import CheckpointError, save_checkpoint
+
+
+def test_the_driver_checks_a_checkpoint_without_building_it(tmp_path, monkeypatch):
+    version = save_checkpoint(make_model(seed=1), tmp_path / "m")
+    monkeypatch.setattr("ugsep.model.RankingModel.__init__", lambda *a, **k: pytest.fail("built a model"))
+    hashed = []
+    monkeypatch.setattr(job_start, "verify_checkpoint", lambda p: hashed.append(p) or version)
+    job_start._verified.cache_clear()
+    spec, got = job_start.checked_checkpoint(str(tmp_path / "m"))
+    assert got == version and spec.user_fields
+    job_start.checked_checkpoint(str(tmp_path / "m"))  # the second stage of `ugsep run`: no second hash
+    assert len(hashed) == 1
+    os.utime(tmp_path / "m" / "model.safetensors", ns=(1, 1))  # the file changed: hashed again
+    job_start.checked_checkpoint(str(tmp_path / "m"))
+    assert len(hashed) == 2
+
+
+def test_the_driver_refuses_corrupt_weights(tmp_path):
+    save_checkpoint(make_model(seed=1), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    job_start._verified.cache_clear()
+    with pytest.raises(CheckpointError, match="corrupt"):
+        job_start.checked_checkpoint(str(tmp_path / "m"))
+    (weights).unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        job_start.checked_checkpoint(str(tmp_path / "m"))
