@@ -47,7 +47,7 @@ test:  ## set up (the two venvs in parallel), lint, run every test
 	$(BIN)/python -m pytest -q --durations=12 tests
 
 lint: $(BIN)/ugsep
-	$(BIN)/ruff check ugsep features jobs pipelines cli tests benchmarks
+	$(BIN)/ruff check ugsep feature_store jobs serving pipelines cli tests benchmarks
 
 bench: setup
 	$(BIN)/python benchmarks/split_vs_full.py

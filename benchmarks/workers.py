@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.arrow_columns import field_columns, to_arrow_column
 from jobs.score_stream import user_rows_batch
 from jobs.workers import cached_model, encode_user_batches, score_user_rows
 from ugsep.checkpoint import save_checkpoint
+from ugsep.data.arrow_columns import field_columns, to_arrow_column
 from ugsep.data.ranking_data import to_tensors
 from ugsep.data.synthetic import generate_day, synthetic_spec
 from ugsep.model import ModelConfig, RankingModel
@@ -97,7 +97,7 @@ def main() -> None:
         for b in batches:
             cols = {name: b.column(name) for name in b.schema.names}
             users = to_tensors(field_columns(cols, spec.user_fields), device)
-            its = to_tensors(field_columns(cols, spec.item_fields), device)
+            its = to_tensors(field_columns(cols, spec.candidate_fields), device)
             with torch.inference_mode():
                 logits = full(users, its, torch.arange(b.num_rows, device=device))
             pa.array(torch.sigmoid(logits.float()).cpu().numpy())

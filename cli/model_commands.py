@@ -93,7 +93,7 @@ def calibration_rows(spec, dataset: str, data_dir: str | None, rows: int, seed: 
 
     _, train, _ = load_dataset(dataset, data_dir, seed)
     missing = ([f.name for f in spec.user_fields if f.name not in train.users]
-               + [f.name for f in spec.item_fields if f.name not in train.items])
+               + [f.name for f in spec.candidate_fields if f.name not in train.items])
     if missing:
         raise ValueError(f"FP8 calibration: dataset {dataset} has no fields {missing} that the model reads; "
                          "pass the data the model was trained on with --dataset/--data-dir")

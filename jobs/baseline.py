@@ -13,7 +13,7 @@ from pyspark.sql.types import FloatType
 
 from jobs.config import JobConfig
 from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
-from jobs.delta_io import read_table, replace_day
+from jobs.delta_io import read_model_input, replace_day
 from jobs.job_start import start_job
 from jobs.report import observe_score_distribution
 from jobs.score_stage import day_candidates
@@ -83,16 +83,16 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
     tagged = None
     try:
         with summary.timed("read+validate"):
-            cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
-            items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES))
+            cands = read_model_input(spark, cfg, spec, CANDIDATES).where(F.col("ds") == ds)
+            items = read_model_input(spark, cfg, spec, ITEM_FEATURES)
             user_cols = non_key_columns(spec.user_fields, "user_id")
-            users = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES)).select("user_id", *user_cols)
+            users = read_model_input(spark, cfg, spec, USER_FEATURES).select("user_id", *user_cols)
             found = users.withColumn("_ufound", F.lit(True))
             tagged = day_candidates(cands, items, spec).join(found, "user_id", "left")
             # the user checks of the user stage, after the candidate checks, as the score stage orders them
             tagged = tagged.withColumn(REASON, F.coalesce(F.col(REASON), user_reason(spec, "_ufound"))).persist()
-            counts = tally(tagged, spec.item_fields)
-            require_candidates(counts.rows, ds, cfg.table_path(CANDIDATES))
+            counts = tally(tagged, spec.candidate_fields)
+            require_candidates(counts.rows, ds, cfg.source(CANDIDATES).location)
             summary.rows_in, summary.users, summary.quarantine_reasons = counts.rows, counts.users, counts.reasons
         with summary.timed("quarantine"):
             bad = quarantine_rows(tagged, ds, "baseline", list(cands.columns))
@@ -100,7 +100,7 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
                                                  known_rows=sum(counts.reasons.values()))
         with summary.timed("score+write"):
             good = tagged.where(F.col(REASON).isNull())
-            fields = list(spec.user_fields) + list(spec.item_fields)
+            fields = list(spec.user_fields) + list(spec.candidate_fields)
             width = sum(packed_width(f) for f in fields)
             udf = predict_batch_udf(make_predict_fn(ckpt, cfg.device, fields, len(spec.user_fields), version),
                                     return_type=FloatType(), batch_size=batch_size, input_tensor_shapes=[[width]])

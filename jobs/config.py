@@ -9,8 +9,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from jobs.contracts import TableContract
-
 
 @dataclass
 class JobConfig:
@@ -23,16 +21,47 @@ class JobConfig:
     task_gpus: float = 0.0  # >0: ask for GPUs per task in the model stages (stage-level scheduling)
     redis: str = ""  # host:port of a Redis online store; "" = $UGSEP_REDIS if set, else SQLite in the warehouse
     spark: dict[str, Any] = field(default_factory=dict)  # any spark.* setting
+    tables: dict[str, dict[str, str]] = field(default_factory=dict)  # where the input tables are (TableSource)
 
-    def table_path(self, table: TableContract | str) -> str:
+    def table_path(self, table) -> str:
+        """``<warehouse>/<table>`` for a table (a name, or a contract with one)."""
         name = table if isinstance(table, str) else table.name
         return str(Path(self.warehouse).resolve() / name)
+
+    def source(self, table: str) -> TableSource:
+        """Where an input table is read from (and, for `generate` and `import`, written to)."""
+        given = self.tables.get(table, {})
+        return TableSource(table, path=given.get("path") or ("" if given.get("table") else self.table_path(table)),
+                           catalog_table=given.get("table", ""),
+                           renames={k: v for k, v in given.items() if k in RENAMEABLE})
 
     def summary_path(self, job: str, ds: str) -> Path:
         return Path(self.warehouse).resolve() / "_summaries" / f"{job}_{ds}.json"
 
 
 PATH_KEYS = ("warehouse", "model")
+INPUT_TABLES = ("candidates", "user_features", "item_features", "labels")
+RENAMEABLE = ("ds", "user_id", "item_id", "updated_at")  # key columns a warehouse may name otherwise
+SOURCE_KEYS = ("path", "table", *RENAMEABLE)
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """An input table's location: a Delta ``path``, or a ``catalog_table`` of the Spark catalog
+    (metastore); ``renames`` maps our key column names to the table's own."""
+
+    name: str
+    path: str = ""
+    catalog_table: str = ""
+    renames: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def location(self) -> str:
+        return self.catalog_table or self.path
+
+    def column(self, ours: str) -> str:
+        """The table's own name for one of our columns."""
+        return self.renames.get(ours, ours)
 
 
 def spark_conf_pairs(pairs: list[str]) -> dict[str, str]:
@@ -66,6 +95,9 @@ def load_config(path: str | None, **overrides: Any) -> JobConfig:
     for key in PATH_KEYS:
         if raw.get(key) and not Path(raw[key]).is_absolute():
             raw[key] = str(Path(path).resolve().parent / raw[key])
+    for source in raw.get("tables", {}).values() if isinstance(raw.get("tables"), dict) else ():
+        if isinstance(source, dict) and source.get("path") and not Path(source["path"]).is_absolute():
+            source["path"] = str(Path(path).resolve().parent / source["path"])
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return check_config(JobConfig(**raw), path or "(no file)")
 
@@ -85,9 +117,28 @@ def check_config(cfg: JobConfig, source: str) -> JobConfig:
             raise ValueError(f"job config {source}: {f.name} = {value!r} is not {_type_name(type(default))}")
         if f.name in MINIMUM and value < MINIMUM[f.name]:
             raise ValueError(f"job config {source}: {f.name} = {value!r}, must be at least {MINIMUM[f.name]}")
+    check_tables(cfg.tables, source)
     if not DEVICE.fullmatch(cfg.device):
         raise ValueError(f"job config {source}: device = {cfg.device!r}, expected auto, cpu, cuda or cuda:N")
     return cfg
+
+
+def check_tables(tables: dict, source: str) -> None:
+    """``[tables.<name>]``: known input tables, known keys, string values, a path or a table."""
+    for name, given in tables.items():
+        where = f"job config {source}: [tables.{name}]"
+        if name not in INPUT_TABLES:
+            raise ValueError(f"{where}: unknown input table; known tables are {list(INPUT_TABLES)}")
+        if not isinstance(given, dict):
+            raise ValueError(f"{where} is not a table")
+        unknown = sorted(set(given) - set(SOURCE_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; known keys are {list(SOURCE_KEYS)}")
+        for key, value in given.items():
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{where}: {key} = {value!r} is not a non-empty string")
+        if "path" in given and "table" in given:
+            raise ValueError(f"{where}: give a Delta path or a catalog table, not both")
 
 
 def _type_name(kind: type) -> str:

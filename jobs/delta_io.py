@@ -7,7 +7,9 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from jobs.contracts import TableContract
+from jobs.config import JobConfig, TableSource
+from jobs.contracts import TableContract, input_contracts
+from ugsep.features import FeatureSpec
 
 
 class ContractError(ValueError):
@@ -34,14 +36,34 @@ def ensure_table(spark: SparkSession, contract: TableContract, path: str) -> Non
 
 
 def read_table(spark: SparkSession, contract: TableContract, path: str) -> DataFrame:
-    """Read a Delta table and check it has every contract column with the contract type. A table
-    with a ``latest_by`` column reads as its latest row per key: joined with history, a key's older
-    rows would copy every candidate or user that joins it."""
-    if not DeltaTable.isDeltaTable(spark, path):
-        raise ContractError(f"table {contract.name}: no Delta table at {path}")
-    df = spark.read.format("delta").load(path)
-    check_contract(df, contract)
+    """Read one of our own Delta tables (user_state, scores, ...) at ``path``, checked."""
+    return read_input(spark, TableSource(contract.name, path=path), contract)
+
+
+def read_input(spark: SparkSession, source: TableSource, contract: TableContract) -> DataFrame:
+    """Read a table from where ``source`` says (a Delta path or a catalog table), key columns
+    renamed to ours, checked against ``contract`` and cut to its columns (others are ignored).
+    A table with a ``latest_by`` column reads as its latest row per key: joined with history, a
+    key's older rows would copy every candidate or user that joins it."""
+    df = _load(spark, source, contract)
+    for ours, theirs in source.renames.items():
+        if theirs not in df.columns:
+            raise ContractError(f"table {contract.name} ({source.location}): column {theirs!r}, which the job "
+                                f"config names as its {ours}, is missing; it has {sorted(df.columns)}")
+        df = df.drop(*([ours] if ours in df.columns and ours != theirs else [])).withColumnRenamed(theirs, ours)
+    check_contract(df, contract, source)
+    df = df.select(*contract.names)
     return latest_per_key(df, contract) if contract.latest_by else df
+
+
+def _load(spark: SparkSession, source: TableSource, contract: TableContract) -> DataFrame:
+    if source.catalog_table:
+        if not spark.catalog.tableExists(source.catalog_table):
+            raise ContractError(f"table {contract.name}: no table {source.catalog_table!r} in the Spark catalog")
+        return spark.read.table(source.catalog_table)
+    if not DeltaTable.isDeltaTable(spark, source.path):
+        raise ContractError(f"table {contract.name}: no Delta table at {source.path}")
+    return spark.read.format("delta").load(source.path)
 
 
 def latest_per_key(df: DataFrame, contract: TableContract) -> DataFrame:
@@ -52,15 +74,21 @@ def latest_per_key(df: DataFrame, contract: TableContract) -> DataFrame:
     return df.groupBy(*contract.key).agg(latest).select(*contract.key, "_latest.*").select(*df.columns)
 
 
-def check_contract(df: DataFrame, contract: TableContract) -> None:
+def check_contract(df: DataFrame, contract: TableContract, source: TableSource | None = None) -> None:
+    """Every contract column present with the contract type, else an error naming the table, the
+    column (as the table calls it), the expected and found types and the model field that needs it."""
     actual = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    where = f"table {contract.name}" + (f" ({source.location})" if source else "")
+    needs = dict(contract.fields)
     for col, expected in contract.columns:
+        theirs = source.column(col) if source else col
+        why = f" for {needs[col]}" if col in needs else ""
         got = actual.get(col)
         if got is None:
-            raise ContractError(f"table {contract.name}: column {col!r} is missing (expected {expected}); "
+            raise ContractError(f"{where}: column {theirs!r} is missing (expected {expected}{why}); "
                                 f"it has {sorted(actual)}")
         if got != StructType.fromDDL(f"c {expected}").fields[0].dataType.simpleString():
-            raise ContractError(f"table {contract.name}: column {col!r} has type {got}, expected {expected}")
+            raise ContractError(f"{where}: column {theirs!r} has type {got}, expected {expected}{why}")
 
 
 def replace_day(df: DataFrame, path: str, ds: str, run_id: str, extra_predicate: str = "",
@@ -86,3 +114,9 @@ def _holds_rows(spark: SparkSession, path: str, predicate: str) -> bool:
     statistics, no data read) answers most days; only files that may match are read."""
     rows = spark.read.format("delta").load(path).where(predicate)
     return bool(rows.inputFiles()) and bool(rows.limit(1).count())
+
+
+def read_model_input(spark: SparkSession, cfg: JobConfig, spec: FeatureSpec, table: str) -> DataFrame:
+    """One of the input tables of a model with this spec (candidates, user_features,
+    item_features), from where the job config says, checked against the spec's contract."""
+    return read_input(spark, cfg.source(table), input_contracts(spec)[table])

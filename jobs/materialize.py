@@ -18,17 +18,26 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from feature_store.definitions import feast_objects
+from feature_store.definitions import TableLocation, feast_objects
 from feature_store.online_write import write_arrow
 from feature_store.store import feature_store
-from jobs.config import JobConfig, day_start, parse_ds
+from jobs.config import JobConfig, TableSource, day_start, parse_ds
 from jobs.contracts import ITEM_FEATURES, USER_FEATURES, USER_STATE
-from jobs.delta_io import read_table
+from jobs.delta_io import read_model_input, read_table
+from ugsep.checkpoint import checkpoint_info
+from ugsep.features import FeatureSpec
 
 
-def warehouse_feast_objects(cfg: JobConfig) -> list:
-    """The Feast objects over this config's warehouse tables."""
-    return feast_objects(*(cfg.table_path(t) for t in (USER_STATE, USER_FEATURES, ITEM_FEATURES)))
+def warehouse_feast_objects(cfg: JobConfig, spec: FeatureSpec | None = None) -> list:
+    """The Feast objects over this config's tables, for its model's spec (or ``spec``)."""
+    spec = spec or checkpoint_info(cfg.model).spec
+    return feast_objects(spec, cfg.table_path(USER_STATE), feast_location(cfg.source(USER_FEATURES)),
+                         feast_location(cfg.source(ITEM_FEATURES)))
+
+
+def feast_location(source: TableSource) -> TableLocation:
+    """Where Feast's offline store finds an input table, its renamed key columns mapped back."""
+    return TableLocation(source.path, source.catalog_table, {theirs: ours for ours, theirs in source.renames.items()})
 
 
 def apply_features(cfg: JobConfig, redis: str | None = None) -> list[str]:
@@ -95,7 +104,7 @@ def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | N
     marker.write_text(json.dumps({"ds": ds}))
     n_feats = 0
     if with_user_features:
-        feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
+        feats = read_model_input(spark, cfg, checkpoint_info(cfg.model).spec, USER_FEATURES)
         n_feats = write_online(feats, store, "user_features", batch_rows, "user_features")
     secs = time.perf_counter() - t0
     out = {"job": "materialize", "ds": ds, "user_state_rows": n_state, "user_feature_rows": n_feats,

@@ -11,8 +11,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.config import JobConfig
-from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, USER_STATE
-from jobs.delta_io import read_table, replace_day
+from jobs.contracts import (
+    CANDIDATES,
+    ITEM_FEATURES,
+    QUARANTINE,
+    SCORES,
+    USER_FEATURES,
+    USER_STATE,
+    candidates_contract,
+)
+from jobs.delta_io import read_model_input, read_table, replace_day
 from jobs.job_start import JobStart, start_job
 from jobs.model_stage import map_in_arrow_with_model
 from jobs.report import observe_score_distribution
@@ -38,7 +46,7 @@ class UserStateError(RuntimeError):
 
 def day_candidates(candidates: DataFrame, item_features: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Candidates joined with item features, each tagged with the reason it cannot be scored (or null)."""
-    item_cols = [f.name for f in spec.item_fields if f.name in item_features.columns and f.name != "item_id"]
+    item_cols = non_key_columns(spec.item_fields, "item_id")
     items = F.broadcast(item_features.select("item_id", *item_cols).withColumn("_found", F.lit(True)))
     return tag_candidate_rows(candidates.join(items, "item_id", "left"), spec)
 
@@ -73,8 +81,9 @@ def with_reasons_of_stateless_users(rows: DataFrame, feats: DataFrame, spec: Fea
 def cached_columns(spec: FeatureSpec) -> list[str]:
     """What the cached day keeps of a tagged candidate: its own columns, the categorical item
     fields the tally counts, the reason. The item features for scoring are joined again."""
-    cats = [f.name for f in spec.item_fields if f.kind == FieldKind.CATEGORICAL and f.name != "item_id"]
-    return [*CANDIDATES.names, *[c for c in cats if c not in CANDIDATES.names], REASON]
+    cats = [f.name for f in spec.candidate_fields if f.kind == FieldKind.CATEGORICAL and f.name != "item_id"]
+    own = candidates_contract(spec).names
+    return [*own, *[c for c in cats if c not in own], REASON]
 
 
 @dataclass(frozen=True)
@@ -95,12 +104,12 @@ class CheckedDay:
 def cached_day(spark: SparkSession, cfg: JobConfig, ds: str, spec: FeatureSpec) -> Iterator[CheckedDay]:
     """The day's candidates checked against the item features (``day_candidates``), clustered by
     user, narrow rows persisted while the block runs: `ugsep run` reads them once for both stages."""
-    cands = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
-    items = read_table(spark, ITEM_FEATURES, cfg.table_path(ITEM_FEATURES)).persist()
+    cands = read_model_input(spark, cfg, spec, CANDIDATES).where(F.col("ds") == ds)
+    items = read_model_input(spark, cfg, spec, ITEM_FEATURES).persist()
     # cluster by user once: the duplicate check, the grouping and the state join reuse it
     cands = cands.repartition(cfg.partitions or spark.sparkContext.defaultParallelism, "user_id")
     tagged = day_candidates(cands, items, spec).select(*cached_columns(spec)).persist()
-    per_user = count_per_user(tagged, spec.item_fields).persist()
+    per_user = count_per_user(tagged, spec.candidate_fields).persist()
     try:
         yield CheckedDay(tagged, items, per_user)
     finally:
@@ -128,16 +137,16 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
         check_state_version(state, version, ds)
         # counted on the per-user counts, not the candidates: the state flag joins a row per user
         users, cands = with_state_flag(day.per_user, state), day.candidates
-        counts = tally_per_user(users, spec.item_fields)
-        require_candidates(counts.rows, ds, cfg.table_path(CANDIDATES))
+        counts = tally_per_user(users, spec.candidate_fields)
+        require_candidates(counts.rows, ds, cfg.source(CANDIDATES).location)
         if counts.stateless_users:
             # users without state whose features are missing or bad were quarantined by the user
             # stage: their candidates are quarantined with the same reason. The rest need the
             # user stage, or --compute-missing (encoded here from their features).
-            feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
+            feats = read_model_input(spark, cfg, spec, USER_FEATURES)
             users = with_reasons_of_stateless_users(users, feats, spec)
             cands = with_reasons_of_stateless_users(with_state_flag(cands, state), feats, spec)
-            counts = tally_per_user(users, spec.item_fields)
+            counts = tally_per_user(users, spec.candidate_fields)
         if counts.stateless_users and not compute_missing:
             sample = [r[0] for r in users.where(F.col(REASON).isNull() & F.col("_has_state").isNull())
                       .select("user_id").limit(5).collect()]
@@ -149,13 +158,13 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
         summary.users_computed_on_the_fly = counts.stateless_users
         good = day.with_item_features(cands.where(F.col(REASON).isNull()).drop(REASON), spec)
     with summary.timed("quarantine"):
-        bad = quarantine_rows(cands, ds, "score", CANDIDATES.names)
+        bad = quarantine_rows(cands, ds, "score", candidates_contract(spec).names)
         summary.rows_quarantined = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'score'",
                                              known_rows=sum(counts.reasons.values()))
     with summary.timed("score+write"):
         user_cols = non_key_columns(spec.user_fields, "user_id") if counts.stateless_users else []
         rows = user_ordered_rows(good, state).select(
-            "user_id", "state", *[f.name for f in spec.item_fields], *user_cols)
+            "user_id", "state", *[f.name for f in spec.candidate_fields], *user_cols)
         # the worker cuts the Arrow batches into model calls of whole users
         worker = partial(score_user_rows, max_candidates=cfg.max_candidates_per_call, version=version)
         scores = map_in_arrow_with_model(rows, worker, SCORE_SCHEMA, cfg, cfg.model).select(

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs.arrow_columns import to_arrow_column
+from ugsep.data.arrow_columns import to_arrow_column
 from ugsep.data.ranking_data import whole_user_cuts
 
 STATE = "state"  # the column that carries a user's flat state on its first row

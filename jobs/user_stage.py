@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from jobs.config import JobConfig, day_start
 from jobs.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE
-from jobs.delta_io import read_table, replace_day
+from jobs.delta_io import read_model_input, replace_day
 from jobs.job_start import start_job
 from jobs.model_stage import map_in_arrow_with_model
 from jobs.validation import REASON, quarantine_rows, require_candidates, tag_user_rows, tally
@@ -47,11 +47,11 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: Dat
     try:
         with summary.timed("read"):
             if candidates is None:
-                candidates = read_table(spark, CANDIDATES, cfg.table_path(CANDIDATES)).where(F.col("ds") == ds)
-            feats = read_table(spark, USER_FEATURES, cfg.table_path(USER_FEATURES))
+                candidates = read_model_input(spark, cfg, spec, CANDIDATES).where(F.col("ds") == ds)
+            feats = read_model_input(spark, cfg, spec, USER_FEATURES)
             tagged = day_users(candidates, feats, spec).persist()
             counts = tally(tagged, spec.user_fields)
-            require_candidates(counts.rows, ds, cfg.table_path(CANDIDATES))
+            require_candidates(counts.rows, ds, cfg.source(CANDIDATES).location)
             summary.rows_in, summary.quarantine_reasons = counts.rows, counts.reasons
             summary.unknown_categorical = counts.unknown_categorical
         with summary.timed("quarantine"):

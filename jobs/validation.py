@@ -33,8 +33,9 @@ def first_failure(checks: list[tuple[Column, str | Column]]) -> Column:
 
 
 def value_checks(fields: tuple[Field, ...]) -> list[tuple[Column, str]]:
-    """A dense value must be there and finite, a categorical one there: the model has no meaning
-    for null, NaN or inf, and a null id would be scored as id 0, a real id. (Keys have their own checks.)"""
+    """A dense value must be there and finite, a categorical one there, an id list free of null
+    ids: the model has no meaning for null, NaN or inf, and a null id would be scored as id 0, a
+    real id. (Keys have their own checks.)"""
     checks = []
     for f in fields:
         c = F.col(f.name)
@@ -43,6 +44,8 @@ def value_checks(fields: tuple[Field, ...]) -> list[tuple[Column, str]]:
                        (F.isnan(c) | (F.abs(c) == float("inf")), f"non_finite_{f.name}")]
         elif f.kind == FieldKind.CATEGORICAL and f.name not in KEYS:
             checks.append((c.isNull(), f"null_{f.name}"))
+        elif f.kind == FieldKind.MULTI:  # a null list is an empty one; a null id inside is no id at all
+            checks.append((F.exists(c, lambda x: x.isNull()), f"null_in_{f.name}"))
     return checks
 
 
@@ -58,17 +61,20 @@ def tag_user_rows(df: DataFrame, spec: FeatureSpec) -> DataFrame:
 
 def tag_candidate_rows(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Candidates joined with item features: null keys, duplicates, missing items, bad values.
-    Of duplicate (user, item) rows the first by recency is kept: in each user's rows by item and
-    recency, a row is a duplicate when the one before it has the same item. One window per user,
-    not per (user, item) pair: 20% less CPU than row_number over 2M one-row groups."""
-    by_item = Window.partitionBy("user_id").orderBy("item_id", F.col("recency").asc_nulls_last())
+    Of duplicate (user, item) rows one is kept: a row whose values pass every check before one
+    that fails one (so a valid candidate is never lost to an invalid twin), then the smallest
+    context values (in spec order, nulls last). In each user's rows in that order, a row is a
+    duplicate when the one before it has the same item: one window per user, not per pair."""
+    context = [F.col(f.name).asc_nulls_last() for f in spec.context_fields]
+    invalid = first_failure(value_checks(spec.candidate_fields)).isNotNull() if spec.candidate_fields else F.lit(False)
+    by_item = Window.partitionBy("user_id").orderBy("item_id", invalid, *context)
     duplicate = F.coalesce(F.lag("item_id").over(by_item) == F.col("item_id"), F.lit(False))
     checks = [
         (F.col("user_id").isNull(), "null_user_id"),
         (F.col("item_id").isNull(), "null_item_id"),
         (F.col("_dup"), "duplicate_candidate"),
         (F.col("_found").isNull(), "missing_item_features"),
-        *value_checks(spec.item_fields),
+        *value_checks(spec.candidate_fields),
     ]
     return df.withColumn("_dup", duplicate).withColumn(REASON, first_failure(checks)).drop("_dup")
 

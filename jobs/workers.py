@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.arrow_columns import field_columns, list_column
 from jobs.faults import exit_once
 from jobs.score_stream import STATE, check_unseen, stream_states, user_starts, whole_user_slices, whole_users
 from ugsep.checkpoint import load_checkpoint
+from ugsep.data.arrow_columns import field_columns, list_column
 from ugsep.data.ranking_data import to_tensors
 from ugsep.host_memory import keep_freed_memory
 from ugsep.model import RankingModel
@@ -94,7 +94,7 @@ def _score_batch(model: RankingModel, batch: pa.RecordBatch, device: str, seen: 
     item_ids = cols["item_id"].to_numpy(zero_copy_only=False)
     with torch.inference_mode():
         state = _users_state(model, cols, starts, device)
-        items_t = to_tensors(field_columns(cols, model.spec.item_fields), device)
+        items_t = to_tensors(field_columns(cols, model.spec.candidate_fields), device)
         scores = torch.sigmoid(model.score_groups(state, items_t, user_index).float())
         rank = rank_within_users(user_index, scores, items_t["item_id"]).cpu().numpy()
         scores = scores.cpu().numpy()

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from feature_store.definitions import STATE_SERVICE, USER_FEATURES_SERVICE
 from feature_store.store import feature_store
 from ugsep.checkpoint import load_checkpoint
+from ugsep.data.arrow_columns import arrow_columns, field_columns
 from ugsep.data.ranking_data import to_tensors
-from ugsep.features import PAD_ID, FieldKind, non_key_columns
+from ugsep.features import non_key_columns
 from ugsep.state import UserState
-
-STATE_FEATURES = ["user_state:model_version", "user_state:state"]
 
 
 class StateVersionError(RuntimeError):
@@ -46,29 +46,19 @@ class OnlineScorer:
 
     def fetch_states(self, user_ids: list[int]) -> tuple[list[str | None], list[list[float] | None]]:
         """(model_version, flat state) per user from the online store; None where absent."""
-        resp = self.store.get_online_features(features=STATE_FEATURES,
+        resp = self.store.get_online_features(features=self.store.get_feature_service(STATE_SERVICE),
                                               entity_rows=[{"user_id": int(u)} for u in user_ids]).to_dict()
         return resp["model_version"], resp["state"]
 
     def _user_columns(self, user_id: int) -> dict[str, np.ndarray]:
-        names = non_key_columns(self.spec.user_fields, "user_id")
-        resp = self.store.get_online_features(features=[f"user_features:{n}" for n in names],
+        """The user's fields from the online store, in the model's layout."""
+        resp = self.store.get_online_features(features=self.store.get_feature_service(USER_FEATURES_SERVICE),
                                               entity_rows=[{"user_id": int(user_id)}]).to_dict()
+        names = non_key_columns(self.spec.user_fields, "user_id")
         if all(resp[n][0] is None for n in names):
             raise KeyError(f"user {user_id} has neither user_state nor user_features in the online store")
-        cols = {"user_id": np.array([user_id], dtype=np.int64)}
-        for f in self.spec.user_fields:
-            if f.name == "user_id":
-                continue
-            v = resp[f.name][0]
-            if f.kind == FieldKind.MULTI:
-                ids = list(v or [])[: f.max_len]
-                cols[f.name] = np.array([ids + [PAD_ID] * (f.max_len - len(ids))], dtype=np.int64)
-            elif f.kind == FieldKind.CATEGORICAL:
-                cols[f.name] = np.array([v if v is not None else 0], dtype=np.int64)
-            else:
-                cols[f.name] = np.array([v if v is not None else np.nan], dtype=np.float32)
-        return cols
+        resp["user_id"] = [user_id]
+        return field_columns(arrow_columns(resp, self.spec.user_fields), self.spec.user_fields)
 
     @torch.inference_mode()
     def score(self, user_id: int, items: dict[str, np.ndarray]) -> OnlineScore:
@@ -91,18 +81,10 @@ class OnlineScorer:
 
 
 def items_from_records(records: list[dict], spec) -> dict[str, np.ndarray]:
-    """JSON-style candidate records -> item-side columns (lists padded with PAD_ID)."""
-    cols = {}
-    for f in spec.item_fields:
-        try:
-            vals = [r[f.name] for r in records]
-        except KeyError:
-            raise KeyError(f"a candidate item is missing field {f.name!r}") from None
-        if f.kind == FieldKind.MULTI:
-            cols[f.name] = np.array([(list(v)[: f.max_len] + [PAD_ID] * f.max_len)[: f.max_len] for v in vals],
-                                    dtype=np.int64)
-        elif f.kind == FieldKind.CATEGORICAL:
-            cols[f.name] = np.array(vals, dtype=np.int64)
-        else:
-            cols[f.name] = np.array(vals, dtype=np.float32)
-    return cols
+    """JSON-style candidate records (item and context fields) -> the model's candidate columns."""
+    fields = spec.candidate_fields
+    try:
+        values = {f.name: [r[f.name] for r in records] for f in fields}
+    except KeyError as e:
+        raise KeyError(f"a candidate item is missing field {e.args[0]!r}") from None
+    return field_columns(arrow_columns(values, fields), fields)

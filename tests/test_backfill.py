@@ -105,13 +105,20 @@ def test_backfill_and_cron_for_real(spark, tmp_path, model_dir):
     conf = tmp_path / "job.toml"
 
     conf.write_text(base + spark_conf)
+    logs = tmp_path / "spark-logs"
     first = _ugsep("backfill", "--start", days[0], "--end", days[2], "--config", str(conf), check=False,
-                   env={**os.environ, "UGSEP_TEST_FAULTS": f"fail-day={days[1]}"})
+                   env={**os.environ, "UGSEP_TEST_FAULTS": f"fail-day={days[1]}", "UGSEP_LOG_DIR": str(logs)})
     assert first.returncode == 1
+    # quiet by default: Spark's own output went to the log file the command names, not the terminal
+    (log,) = logs.glob("ugsep-backfill_*.log")
+    assert f"its log: {log}" in first.stderr and ":: resolving dependencies" in log.read_text()
+    assert ":: resolving dependencies" not in first.stderr + first.stdout
     assert "1 done" in first.stdout and days[1] in first.stdout and "injected failure" in first.stderr
     assert f"not run ['{days[2]}']" in first.stdout
 
-    second = _ugsep("backfill", "--start", days[0], "--end", days[2], "--config", str(conf), "--skip-done")
+    second = _ugsep("backfill", "--start", days[0], "--end", days[2], "--config", str(conf), "--skip-done",
+                    "--verbose")
+    assert ":: resolving dependencies" in second.stderr + second.stdout  # --verbose shows it
     assert "2 done, 1 skipped" in second.stdout
 
     def counts():

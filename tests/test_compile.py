@@ -58,7 +58,7 @@ def random_side(fields: tuple[Field, ...], n: int, gen: torch.Generator) -> dict
 def batch(spec: FeatureSpec, n_users: int, per_user: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     users = random_side(spec.user_fields, n_users, gen)
-    items = random_side(spec.item_fields, n_users * per_user, gen)
+    items = random_side(spec.candidate_fields, n_users * per_user, gen)
     return users, items, torch.arange(n_users).repeat_interleave(per_user)
 
 

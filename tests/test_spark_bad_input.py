@@ -11,19 +11,23 @@ from conftest import make_model
 from pyspark.sql import functions as F
 
 from jobs.config import parse_ds
-from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
+from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES, input_contracts
 from jobs.delta_io import ContractError
 from jobs.run_day import run_day
 from ugsep.data.ranking_data import to_tensors
+from ugsep.data.synthetic import synthetic_spec
 
 pytestmark = pytest.mark.spark
 DS = "2026-10-10"
 NOW = dt.datetime(2026, 10, 10)
 
 
-def write(spark, cfg, contract, rows, ddl=None):
-    df = spark.createDataFrame(rows, ddl or contract.ddl)
-    df.write.format("delta").mode("overwrite").save(cfg.table_path(contract))
+CONTRACTS = input_contracts(synthetic_spec())  # the test model's input tables
+
+
+def write(spark, cfg, table, rows, ddl=None, path=None):
+    df = spark.createDataFrame(rows, ddl or CONTRACTS[table].ddl)
+    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path or cfg.table_path(table))
 
 
 def users_rows():
@@ -171,9 +175,10 @@ def test_schema_mismatch_fails_before_writing(spark, job_cfg):
     cfg = job_cfg
     write(spark, cfg, USER_FEATURES, users_rows())
     write(spark, cfg, ITEM_FEATURES, items_rows())
-    bad_ddl = CANDIDATES.ddl.replace("recency double", "recency string")
+    bad_ddl = CONTRACTS[CANDIDATES].ddl.replace("recency double", "recency string")
     write(spark, cfg, CANDIDATES, [(DS, 1, 10, "yesterday")], bad_ddl)
-    with pytest.raises(ContractError, match="candidates: column 'recency' has type string, expected double"):
+    with pytest.raises(ContractError, match=r"candidates \(.*\): column 'recency' has type string, expected double "
+                                            r"for the model's context field 'recency' \(dense\)"):
         run_day(spark, cfg, DS)
     from delta.tables import DeltaTable
     assert not DeltaTable.isDeltaTable(spark, cfg.table_path(SCORES)) or \
@@ -184,8 +189,80 @@ def test_missing_column_is_named(spark, job_cfg):
     write(spark, job_cfg, USER_FEATURES, [(1, 2)], "user_id bigint, segment bigint")
     write(spark, job_cfg, ITEM_FEATURES, items_rows())
     write(spark, job_cfg, CANDIDATES, [(DS, 1, 10, 1.0)])
-    with pytest.raises(ContractError, match="user_features: column 'age_bucket' is missing"):
+    with pytest.raises(ContractError, match=r"user_features \(.*\): column 'age_bucket' is missing \(expected "
+                                            r"bigint for the model's user field 'age_bucket' \(categorical\)\)"):
         run_day(spark, job_cfg, DS)
+
+
+def test_a_string_where_an_id_belongs_is_named(spark, job_cfg):
+    ddl = CONTRACTS[USER_FEATURES].ddl.replace("segment bigint", "segment string")
+    write(spark, job_cfg, USER_FEATURES, [(1, "gold", 2, 5, [1], 1.0, NOW)], ddl)
+    write(spark, job_cfg, ITEM_FEATURES, items_rows())
+    write(spark, job_cfg, CANDIDATES, [(DS, 1, 10, 1.0)])
+    with pytest.raises(ContractError, match=r"user_features \(.*\): column 'segment' has type string, expected "
+                                            r"bigint for the model's user field 'segment'"):
+        run_day(spark, job_cfg, DS)
+
+
+def test_null_ids_inside_a_list_are_quarantined(spark, job_cfg):
+    write(spark, job_cfg, USER_FEATURES, [(1, 3, 2, 5, [1, None], 1.5, NOW), (2, 4, 1, 6, [2], 0.2, NOW)])
+    write(spark, job_cfg, ITEM_FEATURES, [(10, 1, [1, None, 2], 9.9, 0.5, NOW), (11, 2, [2], 1.0, 0.1, NOW)])
+    write(spark, job_cfg, CANDIDATES, [(DS, 1, 11, 1.0), (DS, 2, 10, 1.0), (DS, 2, 11, 1.0)])
+    run = run_day(spark, job_cfg, DS)
+    assert run["quarantine_reasons"] == {"user:null_in_interests": 1, "score:null_in_interests": 1,
+                                         "score:null_in_tags": 1}
+    assert run["rows_out"] == 1  # user 2, item 11
+
+
+@pytest.mark.parametrize("bad_value", [float("-inf"), float("nan"), None])
+def test_a_duplicate_keeps_its_valid_row(spark, job_cfg, bad_value):
+    """Of duplicate (user, item) rows, one with a bad value never wins over a valid twin."""
+    write(spark, job_cfg, USER_FEATURES, users_rows())
+    write(spark, job_cfg, ITEM_FEATURES, items_rows())
+    write(spark, job_cfg, CANDIDATES, [(DS, 1, 10, bad_value), (DS, 1, 10, 3.0), (DS, 1, 11, 2.0)])
+    run = run_day(spark, job_cfg, DS)
+    assert run["quarantine_reasons"] == {"score:duplicate_candidate": 1} and run["rows_out"] == 2
+    q = spark.read.format("delta").load(job_cfg.table_path(QUARANTINE)).where(F.col("stage") == "score").toPandas()
+    kept_out = json.loads(q["row"].iloc[0])
+    assert kept_out["item_id"] == 10 and kept_out.get("recency") != 3.0  # the bad twin went, the valid one scored
+
+
+def test_tables_of_the_users_own_with_renamed_keys_and_extra_columns(spark, tmp_path, model_dir):
+    """job.toml maps each input table to a location and the warehouse's own key names; extra
+    columns are ignored. The scores equal those of the same data in ugsep's own layout."""
+    from jobs.config import load_config
+
+    own = tmp_path / "lake"
+    users = [(*r, "extra") for r in users_rows()]
+    write(spark, None, USER_FEATURES, users, CONTRACTS[USER_FEATURES].ddl.replace("user_id", "uid")
+          + ", note string", path=str(own / "people"))
+    write(spark, None, ITEM_FEATURES, items_rows(), CONTRACTS[ITEM_FEATURES].ddl.replace("item_id", "sku")
+          .replace("updated_at", "modified"), path=str(own / "products"))
+    write(spark, None, CANDIDATES, candidate_rows(), CONTRACTS[CANDIDATES].ddl.replace("ds", "day")
+          .replace("user_id", "uid").replace("item_id", "sku"), path=str(own / "cands"))
+    conf = tmp_path / "job.toml"
+    conf.write_text(f'warehouse = "wh"\nmodel = "{model_dir}"\nusers_per_batch = 16\npartitions = 2\n'
+                    '[tables.candidates]\npath = "lake/cands"\nds = "day"\nuser_id = "uid"\nitem_id = "sku"\n'
+                    '[tables.user_features]\npath = "lake/people"\nuser_id = "uid"\n'
+                    '[tables.item_features]\npath = "lake/products"\nitem_id = "sku"\nupdated_at = "modified"\n')
+    cfg = load_config(str(conf))
+    mapped = run_day(spark, cfg, DS)
+    plain_cfg = load_config(None, warehouse=str(tmp_path / "plain"), model=model_dir, users_per_batch=16)
+    write(spark, plain_cfg, USER_FEATURES, users_rows())
+    write(spark, plain_cfg, ITEM_FEATURES, items_rows())
+    write(spark, plain_cfg, CANDIDATES, candidate_rows())
+    plain = run_day(spark, plain_cfg, DS)
+    assert (mapped["rows_out"], mapped["quarantine_reasons"]) == (plain["rows_out"], plain["quarantine_reasons"])
+
+    def scores(c):
+        return spark.read.format("delta").load(c.table_path(SCORES)).toPandas().sort_values(["user_id", "item_id"])
+
+    np.testing.assert_array_equal(scores(cfg)["score"].to_numpy(), scores(plain_cfg)["score"].to_numpy())
+
+    conf.write_text(conf.read_text().replace('user_id = "uid"\nitem_id', 'user_id = "customer"\nitem_id'))
+    with pytest.raises(ContractError, match=r"candidates \(.*lake/cands\): column 'customer', which the job config "
+                                            r"names as its user_id, is missing"):
+        run_day(spark, load_config(str(conf)), DS)
 
 
 @pytest.mark.parametrize("bad", ["2026-13-01", "20261101", "yesterday", "2026-1-1", "2026-W48-2", "2026-331"])

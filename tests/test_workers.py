@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import make_model
 
-from jobs.arrow_columns import field_columns, padded_lists, to_arrow_column
 from jobs.score_stream import user_rows_batch
 from jobs.workers import encode_user_batches, rank_within_users, score_user_rows
 from ugsep.checkpoint import save_checkpoint
+from ugsep.data.arrow_columns import field_columns, padded_lists, to_arrow_column
 from ugsep.data.ranking_data import batch_tensors
 from ugsep.features import PAD_ID
 

@@ -7,8 +7,8 @@ A batch is a plain ``dict[str, Tensor]`` keyed by field name:
   over the non-pad entries (all-pad rows give a zero vector).
 - dense: float32 ``(B,)``; non-finite values are rejected or clamped by ``DensePolicy``.
 
-Cross features (that depend on both user and item) are item-side fields by definition:
-the user side must be computable from the user alone.
+Cross features (that depend on both user and item) are never user fields: the user side must
+be computable from the user alone. Values of the (user, item) pair are context fields.
 """
 
 from __future__ import annotations
@@ -60,24 +60,38 @@ class Field:
 
 @dataclass(frozen=True)
 class FeatureSpec:
+    """The model's inputs, and through them the tables it reads (``jobs/contracts.py``):
+    user fields (the user_features table, keyed by user_id), item fields (item_features, keyed
+    by item_id) and context fields (columns of the candidates table: values of one (user,
+    item) pair on one day, e.g. the item's recency for that user). The item tokenizer reads the
+    item and context fields together (``candidate_fields``), item fields first."""
+
     user_fields: tuple[Field, ...]
     item_fields: tuple[Field, ...]
     dense_policy: DensePolicy = DensePolicy.CLAMP
+    context_fields: tuple[Field, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "user_fields", tuple(self.user_fields))
-        object.__setattr__(self, "item_fields", tuple(self.item_fields))
+        for side in SIDES:
+            object.__setattr__(self, side, tuple(getattr(self, side)))
         object.__setattr__(self, "dense_policy", DensePolicy(self.dense_policy))
-        names = [f.name for f in self.user_fields + self.item_fields]
+        names = [f.name for side in SIDES for f in getattr(self, side)]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"feature spec declares fields twice: {sorted(dup)}")
 
+    @property
+    def candidate_fields(self) -> tuple[Field, ...]:
+        """What a candidate row carries into the model: item fields, then context fields."""
+        return self.item_fields + self.context_fields
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["dense_policy"] = self.dense_policy.value
-        for side in ("user_fields", "item_fields"):
-            for f in d[side]:
+        if not self.context_fields:  # the form of specs from before context fields: their versions stay
+            del d["context_fields"]
+        for side in SIDES:
+            for f in d.get(side, []):
                 f["kind"] = FieldKind(f["kind"]).value
         return d
 
@@ -87,7 +101,11 @@ class FeatureSpec:
             user_fields=tuple(Field(**f) for f in d["user_fields"]),
             item_fields=tuple(Field(**f) for f in d["item_fields"]),
             dense_policy=DensePolicy(d.get("dense_policy", "clamp")),
+            context_fields=tuple(Field(**f) for f in d.get("context_fields", ())),
         )
+
+
+SIDES = ("user_fields", "item_fields", "context_fields")
 
 
 def non_key_columns(fields: tuple[Field, ...], key: str) -> list[str]:

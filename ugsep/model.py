@@ -79,7 +79,7 @@ class RankingModel(nn.Module):
         self.spec, self.cfg = spec, cfg
         d, tu, tg = cfg.d_model, cfg.n_user_tokens, cfg.n_group_tokens
         self.user_tokenizer = Tokenizer(spec.user_fields, tu, d, spec.dense_policy)
-        self.item_tokenizer = Tokenizer(spec.item_fields, tg, d, spec.dense_policy)
+        self.item_tokenizer = Tokenizer(spec.candidate_fields, tg, d, spec.dense_policy)
         rank = (cfg.comp_rank or d) if cfg.uses_compensation else 0
         self.blocks = nn.ModuleList(
             TokenMixerBlock(tu, tg, d, cfg.ffn_mult, cfg.arch == "ugsep", rank)

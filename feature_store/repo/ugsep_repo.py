@@ -1,10 +1,10 @@
-"""Feast CLI entry: the same objects `ugsep features apply` registers, for ./warehouse."""
+"""Feast CLI entry (`cd feature_store/repo && feast apply`): the objects `ugsep features apply`
+registers for the repository's ./job.toml (its model's spec, its tables)."""
 
 from pathlib import Path
 
-from feature_store.definitions import feast_objects
-from jobs.contracts import ITEM_FEATURES, USER_FEATURES, USER_STATE
+from jobs.config import load_config
+from jobs.materialize import warehouse_feast_objects
 
-_WAREHOUSE = Path(__file__).resolve().parents[2] / "warehouse"
-user, item, user_state, user_features, item_features = feast_objects(
-    *(str(_WAREHOUSE / t.name) for t in (USER_STATE, USER_FEATURES, ITEM_FEATURES)))
+_objects = warehouse_feast_objects(load_config(str(Path(__file__).resolve().parents[2] / "job.toml")))
+globals().update({o.name: o for o in _objects})  # Feast collects the module's objects

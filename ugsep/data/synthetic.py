@@ -22,7 +22,7 @@ LATENT = 6
 
 
 def synthetic_spec() -> FeatureSpec:
-    """The fields the synthetic tables carry (cross feature ``recency`` on the item side)."""
+    """The fields the synthetic tables carry (``recency``, of the (user, item) pair, is context)."""
     return FeatureSpec(
         user_fields=(
             Field("user_id", "categorical", buckets=50_000, dim=16),
@@ -38,8 +38,8 @@ def synthetic_spec() -> FeatureSpec:
             Field("tags", "multi", buckets=N_TAGS, dim=8, max_len=MAX_TAGS),
             Field("price", "dense"),
             Field("popularity", "dense"),
-            Field("recency", "dense"),
         ),
+        context_fields=(Field("recency", "dense"),),
     )
 
 
@@ -141,7 +141,7 @@ def join_day(users: Columns, items: Columns, candidates: Columns, spec: FeatureS
     user_pos = _index_of(users["user_id"], candidates["user_id"], "user_id")
     item_pos = _index_of(items["item_id"], candidates["item_id"], "item_id")
     item_cols: Columns = {}
-    for f in spec.item_fields:
+    for f in spec.candidate_fields:
         src = candidates if f.name in candidates else items
         item_cols[f.name] = src[f.name] if src is candidates else src[f.name][item_pos]
     label = candidates.get("label", np.zeros(len(user_pos), dtype=np.float32))

@@ -1,4 +1,6 @@
-"""Arrow columns <-> the numpy field columns the model reads. Pure, no Spark."""
+"""The one converter between Arrow columns and the numpy field columns the model reads, with
+the null, padding and truncation rules in one place: the Spark workers, the baseline, the online
+scorer and the dataset readers all go through it. Pure, no Spark."""
 
 from __future__ import annotations
 
@@ -22,6 +24,19 @@ def padded_lists(arr: pa.Array, max_len: int) -> np.ndarray:
     out = np.full((len(lengths), max_len), PAD_ID, dtype=np.int64)
     out[rows[keep], pos[keep]] = values[keep]
     return out
+
+
+ARROW_TYPE = {FieldKind.CATEGORICAL: pa.int64(), FieldKind.MULTI: pa.list_(pa.int64()),
+              FieldKind.DENSE: pa.float64()}
+
+
+def arrow_columns(values: Mapping[str, list], fields: tuple[Field, ...]) -> dict[str, pa.Array]:
+    """Python values per field (JSON records, a feature store's answer; None for null) -> Arrow
+    columns of the fields' types, ready for ``field_columns``."""
+    try:
+        return {f.name: pa.array(values[f.name], ARROW_TYPE[f.kind]) for f in fields}
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ValueError(f"a field value does not fit its kind: {e}") from None
 
 
 def field_columns(cols: Mapping[str, pa.Array], fields: tuple[Field, ...]) -> dict[str, np.ndarray]:
