@@ -3,6 +3,7 @@
     cli/model_commands.py    train, eval, quantize, score-local      (PyTorch only)
     cli/job_commands.py      generate, user-stage, score-stage, run, baseline-score, show, demo, backfill
     cli/feature_commands.py  features apply, materialize, serve-score
+    cli/data_commands.py     import, evaluate-day
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (spark-submit .../cli/main.py): make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import feature_commands, job_commands, model_commands  # noqa: E402
+from cli import data_commands, feature_commands, job_commands, model_commands  # noqa: E402
 
-GROUPS = (model_commands, job_commands, feature_commands)
+GROUPS = (model_commands, job_commands, feature_commands, data_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

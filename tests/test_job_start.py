@@ -36,3 +36,18 @@ def test_the_driver_refuses_corrupt_weights(tmp_path):
     (weights).unlink()
     with pytest.raises(CheckpointError, match="model.safetensors"):
         job_start.checked_checkpoint(str(tmp_path / "m"))
+
+
+def test_a_field_kind_the_converter_does_not_know_is_refused(tmp_path):
+    """A checkpoint from a newer ugsep (or edited by hand) with an unknown field kind fails when
+    its spec is read, naming the kind, before any table is touched."""
+    import json
+
+    save_checkpoint(make_model(seed=1), tmp_path / "m")
+    config = tmp_path / "m" / "config.json"
+    meta = json.loads(config.read_text())
+    meta["feature_spec"]["user_fields"][1]["kind"] = "sequence"
+    config.write_text(json.dumps(meta))
+    job_start._verified.cache_clear()
+    with pytest.raises(CheckpointError, match="invalid model config.*'sequence' is not a valid FieldKind"):
+        job_start.checked_checkpoint(str(tmp_path / "m"))

@@ -3,19 +3,31 @@
 Label = rating >= 4. Test split: each user's last 20% of ratings by timestamp (ties by item
 id). User side: user id, age bucket, gender, occupation, zip prefix. Item side: item id,
 release year, genres (multi-valued).
+
+``read_movielens`` parses and checks the files (a malformed line is an error naming the file
+and line); ``movielens_features`` derives the user and item feature columns from what it
+read. ``load_movielens`` (training, eval) and the Spark importer (``jobs/importers.py``) both
+go through them, so the tables hold exactly the values the model was trained on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ugsep.data.ranking_data import RankingData
+from ugsep.data.ranking_data import Columns, RankingData
 from ugsep.features import PAD_ID, FeatureSpec, Field, stable_id
 
 N_GENRES = 19
 AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
+
+# (file, field separator, fields a line has, positions of the integer fields)
+U_DATA = ("u.data", "\t", 4, range(4))  # user id, item id, rating, timestamp
+U_USER = ("u.user", "|", 5, (0, 1))  # user id, age, gender, occupation, zip code
+# item id, title, release date, video release date, IMDb URL, then one 0/1 flag per genre
+U_ITEM = ("u.item", "|", 5 + N_GENRES, (0, *range(5, 5 + N_GENRES)))
 
 
 def movielens_spec() -> FeatureSpec:
@@ -35,20 +47,65 @@ def movielens_spec() -> FeatureSpec:
     )
 
 
-def _read(path: Path, sep: str) -> list[list[str]]:
+@dataclass(frozen=True)
+class MovieLensFiles:
+    """The three files as read: every non-blank line split into its fields, in file order."""
+
+    ratings: np.ndarray  # (N, 4) int64: user id, item id, rating, timestamp (u.data)
+    user_rows: list[list[str]]  # u.user
+    item_rows: list[list[str]]  # u.item
+    lines: dict[str, list[int]]  # file name -> 1-based line number of each row, for error messages
+
+
+def _read(path: Path, sep: str, n_fields: int, int_fields) -> tuple[list[list[str]], list[int]]:
+    """Non-blank lines of ``path`` split on ``sep`` and their line numbers; a line with another
+    field count or a non-integer where an integer belongs is a ValueError naming file and line."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (expected the MovieLens-100k files in {path.parent})")
+    rows, numbers = [], []
     with open(path, encoding="latin-1") as f:
-        return [line.rstrip("\n").split(sep) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = line.rstrip("\n").split(sep)
+            if len(row) != n_fields:
+                raise ValueError(f"{path}, line {n}: {len(row)} fields, expected {n_fields} separated by "
+                                 f"{sep!r}: {line.rstrip()!r}")
+            for i in int_fields:
+                try:
+                    int(row[i])
+                except ValueError:
+                    raise ValueError(f"{path}, line {n}: field {i + 1} is {row[i]!r}, expected an integer") from None
+            rows.append(row)
+            numbers.append(n)
+    return rows, numbers
 
 
-def load_movielens(data_dir: str | Path) -> tuple[RankingData, np.ndarray]:
-    """All ratings as RankingData, plus a boolean test mask (per-user last 20% by time)."""
+def read_movielens(data_dir: str | Path) -> MovieLensFiles:
+    """Parse and check u.data, u.user and u.item in ``data_dir`` (pure: no features derived yet)."""
     d = Path(data_dir)
-    ratings = np.array([[int(x) for x in r[:4]] for r in _read(d / "u.data", "\t")], dtype=np.int64)
-    urows = _read(d / "u.user", "|")
-    irows = _read(d / "u.item", "|")
+    read = {name: _read(d / name, sep, n, ints) for name, sep, n, ints in (U_DATA, U_USER, U_ITEM)}
+    (data, data_lines), (urows, user_lines), (irows, item_lines) = read["u.data"], read["u.user"], read["u.item"]
+    for r, n in zip(irows, item_lines, strict=True):
+        try:
+            _release_year(r[2])
+        except ValueError:
+            raise ValueError(f"{d / 'u.item'}, line {n}: release date {r[2]!r} does not end in a year") from None
+    ratings = np.array([[int(x) for x in r] for r in data], dtype=np.int64).reshape(-1, 4)
+    files = MovieLensFiles(ratings, urows, irows, {"u.data": data_lines, "u.user": user_lines, "u.item": item_lines})
+    _check_references(files, d)
+    return files
 
+
+def _release_year(date: str) -> int:
+    """The year a release date ("01-Jan-1995") ends in; 0 for a date shorter than a year (unknown)."""
+    return int(date[-4:]) if len(date) >= 4 else 0
+
+
+def movielens_features(files: MovieLensFiles) -> tuple[Columns, Columns]:
+    """(users, items): the spec's user fields (one row per u.user line) and item fields (one row
+    per u.item line), as the model reads them; genres padded with PAD_ID, real ids first."""
+    urows, irows = files.user_rows, files.item_rows
     users = {
         "user_id": np.array([int(r[0]) for r in urows], dtype=np.int64),
         "age_bucket": np.searchsorted(AGE_EDGES, [int(r[1]) for r in urows], side="right"),
@@ -56,21 +113,36 @@ def load_movielens(data_dir: str | Path) -> tuple[RankingData, np.ndarray]:
         "occupation": stable_id([r[3] for r in urows]),
         "zip_prefix": stable_id([r[4][:2] for r in urows]),
     }
-    item_ids = np.array([int(r[0]) for r in irows], dtype=np.int64)
-    years = np.array([int(r[2][-4:]) if len(r[2]) >= 4 else 0 for r in irows], dtype=np.int64)
-    flags = np.array([[int(x) for x in r[5 : 5 + N_GENRES]] for r in irows], dtype=bool)
+    flags = np.array([[int(x) for x in r[5 : 5 + N_GENRES]] for r in irows], dtype=bool).reshape(-1, N_GENRES)
     genres = np.where(flags, np.arange(N_GENRES), PAD_ID)
-    genres = -np.sort(-genres, axis=1)  # real genre ids first, padding last
+    items = {
+        "item_id": np.array([int(r[0]) for r in irows], dtype=np.int64),
+        "release_year": np.array([_release_year(r[2]) for r in irows], dtype=np.int64),
+        "genres": -np.sort(-genres, axis=1),  # real genre ids first, padding last
+    }
+    return {k: np.asarray(v, dtype=np.int64) for k, v in users.items()}, items
 
+
+def load_movielens(data_dir: str | Path) -> tuple[RankingData, np.ndarray]:
+    """All ratings as RankingData, plus a boolean test mask (per-user last 20% by time)."""
+    files = read_movielens(data_dir)
+    ratings = files.ratings
+    users, items = movielens_features(files)
     user_pos = _lookup(users["user_id"], ratings[:, 0], "user")
-    item_pos = _lookup(item_ids, ratings[:, 1], "item")
+    item_pos = _lookup(items["item_id"], ratings[:, 1], "item")
     data = RankingData(
-        users={k: np.asarray(v, dtype=np.int64) for k, v in users.items()},
-        items={"item_id": ratings[:, 1], "release_year": years[item_pos], "genres": genres[item_pos]},
+        users=users,
+        items={"item_id": ratings[:, 1], "release_year": items["release_year"][item_pos],
+               "genres": items["genres"][item_pos]},
         user_row=user_pos,
-        label=(ratings[:, 2] >= 4).astype(np.float32),
+        label=rating_labels(ratings[:, 2]),
     )
     return data, _last_fraction_by_time(ratings[:, 0], ratings[:, 3], ratings[:, 1], 0.2)
+
+
+def rating_labels(rating: np.ndarray) -> np.ndarray:
+    """The label of a rating: 1.0 if it is at least 4 stars, else 0.0 (float32)."""
+    return (np.asarray(rating) >= 4).astype(np.float32)
 
 
 def _lookup(keys: np.ndarray, queries: np.ndarray, what: str) -> np.ndarray:
@@ -79,6 +151,17 @@ def _lookup(keys: np.ndarray, queries: np.ndarray, what: str) -> np.ndarray:
         return np.array([index[int(q)] for q in queries], dtype=np.int64)
     except KeyError as e:
         raise ValueError(f"u.data references {what} {e.args[0]} missing from u.{what}") from None
+
+
+def _check_references(files: MovieLensFiles, d: Path) -> None:
+    """Every rating's user in u.user and item in u.item, else a ValueError naming the u.data line."""
+    for col, what, rows in ((0, "user", files.user_rows), (1, "item", files.item_rows)):
+        known = np.array([int(r[0]) for r in rows], dtype=np.int64)
+        missing = np.flatnonzero(~np.isin(files.ratings[:, col], known))
+        if len(missing):
+            i = int(missing[0])
+            raise ValueError(f"{d / 'u.data'}, line {files.lines['u.data'][i]}: {what} {int(files.ratings[i, col])} "
+                             f"is missing from u.{what} ({len(missing)} such ratings)")
 
 
 def _last_fraction_by_time(user: np.ndarray, ts: np.ndarray, item: np.ndarray, frac: float) -> np.ndarray:
@@ -91,3 +174,4 @@ def _last_fraction_by_time(user: np.ndarray, ts: np.ndarray, item: np.ndarray, f
     test = np.zeros(len(u), dtype=bool)
     test[order] = rank >= np.repeat(counts - n_test, counts)
     return test
+
