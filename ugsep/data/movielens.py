@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
+from ugsep.data.arrow_columns import arrow_columns, field_columns
 from ugsep.data.ranking_data import Columns, RankingData
-from ugsep.features import PAD_ID, FeatureSpec, Field, stable_id
+from ugsep.features import FeatureSpec, Field, stable_id
 
 N_GENRES = 19
 AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
@@ -102,25 +104,31 @@ def _release_year(date: str) -> int:
     return int(date[-4:]) if len(date) >= 4 else 0
 
 
-def movielens_features(files: MovieLensFiles) -> tuple[Columns, Columns]:
-    """(users, items): the spec's user fields (one row per u.user line) and item fields (one row
-    per u.item line), as the model reads them; genres padded with PAD_ID, real ids first."""
+def movielens_columns(files: MovieLensFiles) -> tuple[dict[str, pa.Array], dict[str, pa.Array]]:
+    """(users, items) as the tables hold them: one row per u.user / u.item line, the spec's
+    fields as Arrow columns (genres: the list of an item's genre ids)."""
     urows, irows = files.user_rows, files.item_rows
     users = {
-        "user_id": np.array([int(r[0]) for r in urows], dtype=np.int64),
+        "user_id": [int(r[0]) for r in urows],
         "age_bucket": np.searchsorted(AGE_EDGES, [int(r[1]) for r in urows], side="right"),
         "gender": stable_id([r[2] for r in urows]),
         "occupation": stable_id([r[3] for r in urows]),
         "zip_prefix": stable_id([r[4][:2] for r in urows]),
     }
-    flags = np.array([[int(x) for x in r[5 : 5 + N_GENRES]] for r in irows], dtype=bool).reshape(-1, N_GENRES)
-    genres = np.where(flags, np.arange(N_GENRES), PAD_ID)
     items = {
-        "item_id": np.array([int(r[0]) for r in irows], dtype=np.int64),
-        "release_year": np.array([_release_year(r[2]) for r in irows], dtype=np.int64),
-        "genres": -np.sort(-genres, axis=1),  # real genre ids first, padding last
+        "item_id": [int(r[0]) for r in irows],
+        "release_year": [_release_year(r[2]) for r in irows],
+        "genres": [[g for g in range(N_GENRES) if r[5 + g] == "1"] for r in irows],
     }
-    return {k: np.asarray(v, dtype=np.int64) for k, v in users.items()}, items
+    spec = movielens_spec()
+    return arrow_columns(users, spec.user_fields), arrow_columns(items, spec.item_fields)
+
+
+def movielens_features(files: MovieLensFiles) -> tuple[Columns, Columns]:
+    """(users, items) as the model reads them, through the one Arrow -> model converter."""
+    users, items = movielens_columns(files)
+    spec = movielens_spec()
+    return field_columns(users, spec.user_fields), field_columns(items, spec.item_fields)
 
 
 def load_movielens(data_dir: str | Path) -> tuple[RankingData, np.ndarray]:
