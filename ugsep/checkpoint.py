@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ugsep.features import FeatureSpec
+from ugsep.features import ConfigValueError, FeatureSpec, check_fields
 from ugsep.kernels import Backend
 from ugsep.model import ModelConfig, RankingModel
+from ugsep.quant.recipe import QuantRecipe
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -86,6 +89,8 @@ def read_config(ckpt_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such file; is {ckpt_dir} a ugsep checkpoint?") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
@@ -100,7 +105,7 @@ def checkpoint_info(ckpt_dir: str | Path) -> CheckpointInfo:
     """Spec, config, recorded version and whether it is quantized, from config.json alone: no
     weights are read and no model is built."""
     meta = read_config(ckpt_dir)
-    spec, cfg = _spec_and_config(ckpt_dir, meta)
+    spec, cfg, _ = _spec_and_config(ckpt_dir, meta)
     return CheckpointInfo(spec, cfg, _recorded_version(ckpt_dir, meta), bool(meta.get("quantization")))
 
 
@@ -108,7 +113,7 @@ def verify_checkpoint(ckpt_dir: str | Path) -> str:
     """Read the weights and check they hash to the version config.json records, without building
     a model; returns that model_version. Raises CheckpointError naming the file otherwise."""
     meta = read_config(ckpt_dir)
-    spec, cfg = _spec_and_config(ckpt_dir, meta)
+    spec, cfg, _ = _spec_and_config(ckpt_dir, meta)
     state = _read_weights(ckpt_dir)
     return _check_version(ckpt_dir, meta, model_version(spec, cfg, state, meta.get("quantization")))
 
@@ -122,15 +127,20 @@ def load_checkpoint(ckpt_dir: str | Path, map_location: str = "cpu",
     on the CPU picks the Triton kernels.
     """
     meta = read_config(ckpt_dir)
-    spec, cfg = _spec_and_config(ckpt_dir, meta)
+    spec, cfg, recipe = _spec_and_config(ckpt_dir, meta)
     state = _read_weights(ckpt_dir, map_location)
-    model = RankingModel(spec, cfg)
-    quant = meta.get("quantization")
-    if quant:
-        from ugsep.quant.apply import quantize_model
-        from ugsep.quant.recipe import QuantRecipe
+    try:  # a config that passed validation can still be one no model can be built from
+        model = RankingModel(spec, cfg)
+        if recipe:
+            from ugsep.quant.apply import quantize_model
 
-        quantize_model(model, QuantRecipe(**quant["recipe"]))  # the structure; weights come next
+            quantize_model(model, recipe)  # the structure; weights come next
+    except Exception as e:
+        raise CheckpointError(
+            f"{Path(ckpt_dir) / CONFIG}: invalid model config: cannot build the model it describes "
+            f"({type(e).__name__}: {e})"
+        ) from e
+    quant = meta.get("quantization")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -139,11 +149,81 @@ def load_checkpoint(ckpt_dir: str | Path, map_location: str = "cpu",
     return model.use_kernels(backend).eval(), version
 
 
-def _spec_and_config(ckpt_dir: str | Path, meta: dict[str, Any]) -> tuple[FeatureSpec, ModelConfig]:
+def _spec_and_config(ckpt_dir: str | Path,
+                     meta: dict[str, Any]) -> tuple[FeatureSpec, ModelConfig, QuantRecipe | None]:
+    """The checkpoint's spec, model config and quantization recipe (None: a float model), with
+    every key of config.json checked: each error names the key's path, the value and what fits."""
+    parsed = _parse(_ConfigFile, meta, "", Path(ckpt_dir) / CONFIG)
+    return parsed.feature_spec, parsed.model, parsed.quantization and parsed.quantization.recipe
+
+
+@dataclass(frozen=True)
+class _Quantization:
+    """config.json's "quantization": the recipe ``quantize_model`` applied, and to which model."""
+
+    recipe: QuantRecipe
+    base_model_version: str = field(metadata={"non_empty": True})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class _ConfigFile:
+    """config.json as ``save_checkpoint`` writes it: its fields are the keys it may hold."""
+
+    format: str
+    feature_spec: FeatureSpec
+    model: ModelConfig
+    model_version: str = ""  # missing: _recorded_version says so, where a version is needed
+    quantization: _Quantization | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def _parse(cls: type, raw: Any, where: str, path: Path) -> Any:
+    """Build dataclass ``cls`` from the JSON object ``raw`` found at key path ``where`` (such as
+    ``feature_spec.user_fields[2]``; "" for the top level): no unknown or missing keys, parts that
+    are dataclasses themselves built first, every value checked by the class (``check_fields`` in
+    its ``__post_init__``). Raises CheckpointError naming ``path``, the key, the value and what fits."""
+    def fail(detail: str) -> CheckpointError:
+        return CheckpointError(f"{path}: invalid model config: {detail}")
+
+    at = f"in {where}" if where else "at the top level"
+    if not isinstance(raw, dict):
+        raise fail(f"{where} = {raw!r} is not an object")
+    known = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        keys = f"key {unknown[0]!r}" if len(unknown) == 1 else f"keys {unknown}"
+        raise fail(f"unknown {keys} {at}; known keys are {known}")
+    for f in fields(cls):
+        if f.name not in raw and f.default is MISSING and f.default_factory is MISSING:
+            raise fail(f"missing key {f.name!r} {at}; known keys are {known}")
+    hints = typing.get_type_hints(cls)
+    prefix = f"{where}." if where else ""
+    kwargs = {key: _build(hints[key], value, prefix + key, path) for key, value in raw.items()}
     try:
-        return FeatureSpec.from_dict(meta["feature_spec"]), ModelConfig(**meta["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt_dir}/{CONFIG}: invalid model config ({e})") from None
+        return cls(**kwargs)
+    except ConfigValueError as e:
+        raise fail(f"{prefix}{e.key} = {e.value!r} is not {e.expected}") from None
+    except ValueError as e:  # a check across fields, e.g. d_model divisible by the token count
+        raise fail(f"{where}: {e}" if where else str(e)) from None
+
+
+def _build(hint: Any, value: Any, where: str, path: Path) -> Any:
+    """A value of config.json for a field of type ``hint``: a dataclass (or a list of them, or
+    one that may be None) built by ``_parse``; anything else as it is, for the class to check."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is types.UnionType and value is not None:  # X | None
+        hint = args[0]
+    if is_dataclass(hint):
+        return _parse(hint, value, where, path)
+    if typing.get_origin(hint) in (list, tuple) and is_dataclass(args[0]) and isinstance(value, list):
+        return [_parse(args[0], item, f"{where}[{i}]", path) for i, item in enumerate(value)]
+    return value
 
 
 def _recorded_version(ckpt_dir: str | Path, meta: dict[str, Any]) -> str:

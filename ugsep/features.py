@@ -14,8 +14,11 @@ be computable from the user alone. Values of the (user, item) pair are context f
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from enum import Enum
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -39,18 +42,102 @@ class DensePolicy(str, Enum):
 DENSE_CLIP = 1e6
 
 
+class ConfigValueError(ValueError):
+    """A dataclass field holds a value of the wrong type or out of its range (``check_fields``):
+    ``key`` the field (``float_layers[1]`` for an element), ``value``, ``expected`` what fits."""
+
+    def __init__(self, owner: str, key: str, value: Any, expected: str) -> None:
+        super().__init__(f"{owner}: {key} = {value!r} is not {expected}")
+        self.key, self.value, self.expected = key, value, expected
+
+
+def check_fields(obj: Any, owner: str = "") -> None:
+    """Check each dataclass field of ``obj`` against its type annotation, exactly: a bool is not
+    an int and "64" is not an int (a float field takes an int); an enum takes a member or its
+    value; a list or tuple is checked element by element; a dataclass wants an instance. The
+    field's ``metadata`` declares its range: ``min`` (numbers), ``choices`` and ``non_empty``
+    (strings). Raises ConfigValueError naming ``owner`` (default: the class) and the field."""
+    hints = _field_types(type(obj))
+    for f in fields(obj):
+        _check(hints[f.name], getattr(obj, f.name), f.name, f.metadata, owner or type(obj).__name__)
+
+
+@cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check(hint: Any, value: Any, key: str, bounds: Any, owner: str) -> None:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        if value is None:
+            return
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    expected = _expected(hint, value, bounds)
+    if expected:
+        raise ConfigValueError(owner, key, value, expected)
+    if typing.get_origin(hint) in (list, tuple):
+        for i, item in enumerate(value):
+            _check(typing.get_args(hint)[0], item, f"{key}[{i}]", {}, owner)
+
+
+def _expected(hint: Any, value: Any, bounds: Any) -> str | None:
+    """What ``value`` should have been, or None where it fits ``hint`` and ``bounds``."""
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        item = typing.get_args(hint)[0]
+        return None if isinstance(value, list | tuple) else f"a list of {_PLURAL.get(item, item.__name__ + 's')}"
+    if hint is dict or origin is dict:
+        return None if isinstance(value, dict) else "an object"
+    if hint is Any:
+        return None
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        values = [m.value for m in hint]
+        ok = isinstance(value, hint) or (isinstance(value, str) and value in values)
+        return None if ok else f"a valid {hint.__name__} (one of {values})"
+    if is_dataclass(hint):
+        return None if isinstance(value, hint) else f"a {hint.__name__}"
+    if hint not in (bool, int, float, str):
+        raise TypeError(f"check_fields cannot check a field of type {hint!r}")
+    numeric = not isinstance(value, bool)  # a bool is an int to Python, never to a config
+    ok, want = {
+        bool: (isinstance(value, bool), "a boolean"),
+        int: (numeric and isinstance(value, int), "an integer"),
+        float: (numeric and isinstance(value, int | float), "a number"),
+        str: (isinstance(value, str), "a string"),
+    }[hint]
+    if "min" in bounds:
+        ok, want = ok and value >= bounds["min"], f"{want} >= {bounds['min']}"
+    if "choices" in bounds:
+        ok, want = ok and value in bounds["choices"], f"one of {list(bounds['choices'])}"
+    if bounds.get("non_empty"):
+        ok, want = ok and value != "", f"a non-empty {want.removeprefix('a ')}"
+    return None if ok else want
+
+
+_PLURAL = {str: "strings", int: "integers", float: "numbers"}
+
+
+def at_least(low: float, default: Any) -> Any:
+    """A dataclass field with a default, kept >= ``low`` by ``check_fields``."""
+    return field(default=default, metadata={"min": low})
+
+
+def one_of(choices: tuple[str, ...], default: str) -> Any:
+    """A dataclass field with a default, kept among ``choices`` by ``check_fields``."""
+    return field(default=default, metadata={"choices": choices})
+
+
 @dataclass(frozen=True)
 class Field:
-    name: str
-    kind: FieldKind
-    buckets: int = 1000  # hash buckets (categorical/multi); unused for dense
-    dim: int = 16  # embedding width; dense fields always contribute 1 value
-    max_len: int = 1  # padded list length (multi only)
+    name: str = field(metadata={"non_empty": True})
+    kind: FieldKind  # a FieldKind or its value
+    buckets: int = at_least(1, 1000)  # hash buckets (categorical/multi); unused for dense
+    dim: int = at_least(1, 16)  # embedding width; dense fields always contribute 1 value
+    max_len: int = at_least(1, 1)  # padded list length (multi only)
 
     def __post_init__(self) -> None:
+        check_fields(self, f"field {self.name!r}" if isinstance(self.name, str) else "Field")
         object.__setattr__(self, "kind", FieldKind(self.kind))
-        if self.kind != FieldKind.DENSE and self.buckets < 1:
-            raise ValueError(f"field {self.name!r}: buckets must be >= 1")
 
     @property
     def width(self) -> int:
@@ -72,6 +159,7 @@ class FeatureSpec:
     context_fields: tuple[Field, ...] = ()
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for side in SIDES:
             object.__setattr__(self, side, tuple(getattr(self, side)))
         object.__setattr__(self, "dense_policy", DensePolicy(self.dense_policy))

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from ugsep.features import FeatureSpec
+from ugsep.features import FeatureSpec, at_least, check_fields, one_of
 from ugsep.fused_groups import score_groups_fused
 from ugsep.head import Head
 from ugsep.kernels import Backend, resolve_backend
@@ -27,25 +27,23 @@ POOLS = ("group", "all")
 
 @dataclass
 class ModelConfig:
-    arch: str = "ugsep"  # "rankmixer" (baseline) or "ugsep" (separated)
-    d_model: int = 64  # token width D; must be divisible by T = n_user_tokens + n_group_tokens
-    n_user_tokens: int = 4  # T_u; the paper's main setting is U:G = 1:1
-    n_group_tokens: int = 4  # T_g
-    n_layers: int = 2  # RankMixer's 100M/1B configs use 2
-    ffn_mult: int = 4  # per-token FFN expansion k
+    """Every field is checked against its type (exactly: a bool is not an int) and the range its
+    metadata declares (``ugsep.features.check_fields``); errors name the field."""
+
+    arch: str = one_of(ARCHS, "ugsep")  # "rankmixer" (baseline) or "ugsep" (separated)
+    d_model: int = at_least(1, 64)  # token width D; must be divisible by T = n_user_tokens + n_group_tokens
+    n_user_tokens: int = at_least(1, 4)  # T_u; the paper's main setting is U:G = 1:1
+    n_group_tokens: int = at_least(1, 4)  # T_g
+    n_layers: int = at_least(1, 2)  # RankMixer's 100M/1B configs use 2
+    ffn_mult: int = at_least(1, 4)  # per-token FFN expansion k
     compensation: bool = True  # information compensation (ugsep only)
-    comp_rank: int = 0  # rank of the compensation map; 0 means d_model
-    pool: str = "group"  # head pools "group" tokens or "all" tokens
-    head_hidden: int = 64  # hidden width of the head MLP
+    comp_rank: int = at_least(0, 0)  # rank of the compensation map; 0 means d_model
+    pool: str = one_of(POOLS, "group")  # head pools "group" tokens or "all" tokens
+    head_hidden: int = at_least(1, 64)  # hidden width of the head MLP
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        check_fields(self)  # types and ranges, arch and pool among them, before any arithmetic
         t = self.n_user_tokens + self.n_group_tokens
-        if self.n_user_tokens < 1 or self.n_group_tokens < 1:
-            raise ValueError("need at least one user token and one group token")
         if self.d_model % t:
             raise ValueError(f"d_model={self.d_model} must be divisible by T={t} (mixing heads)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ugsep.features import at_least, check_fields, one_of
 from ugsep.kernels import Backend  # noqa: F401  (re-exported: its home before ugsep.kernels)
 
 MODES = ("w8a16", "fp8", "w8a16+fp8")
@@ -11,14 +12,15 @@ MODES = ("w8a16", "fp8", "w8a16+fp8")
 
 @dataclass
 class QuantRecipe:
-    mode: str = "w8a16+fp8"  # w8a16: user side only; fp8: item side only; or both
-    group_size: int = 0  # W8A16 scales per output channel (0) or per group of input rows
-    fp8_max_rel_error: float = 0.05  # calibration: item layers worse than this stay in float
+    """Every field is checked against its type and range (``ugsep.features.check_fields``)."""
+
+    mode: str = one_of(MODES, "w8a16+fp8")  # w8a16: user side only; fp8: item side only; or both
+    group_size: int = at_least(0, 0)  # W8A16 scales per output channel (0) or per group of input rows
+    fp8_max_rel_error: float = at_least(0, 0.05)  # calibration: item layers worse than this stay in float
     float_layers: list[str] = field(default_factory=list)  # layers calibration kept in float
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"quantization mode must be one of {MODES}, got {self.mode!r}")
+        check_fields(self)
 
     @property
     def user_w8a16(self) -> bool:
