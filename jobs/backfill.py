@@ -21,14 +21,22 @@ def day_range(start: str, end: str) -> list[str]:
     return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
 
 
-def day_is_done(cfg: JobConfig, ds: str, model_version: str) -> bool:
-    """A day is done when its `ugsep run` summary exists for this model version, with every
-    candidate accounted for (scored or quarantined)."""
+def day_is_done(cfg: JobConfig, ds: str, model_version: str, last_scores_commit: Callable[[str], int | None]) -> bool:
+    """A day is done when its `ugsep run` summary is of this model version, accounts for every
+    candidate (scored or quarantined), and its scores commit is still the scores table's latest
+    commit for the day (``last_scores_commit(ds)``): a later run that wrote the day and then failed
+    before its own summary leaves the old summary, which then no longer describes the table.
+    A day recorded empty by `--allow-empty` is done."""
     path = cfg.summary_path("run", ds)
     if not path.exists():
         return False
     s = json.loads(path.read_text())
-    return s.get("model_version") == model_version and s["rows_out"] + s["rows_quarantined"] == s["rows_in"]
+    if s.get("model_version") != model_version:
+        return False
+    if s.get("empty_day"):
+        return True
+    accounted = s["rows_out"] + s["rows_quarantined"] == s["rows_in"]
+    return accounted and s.get("commits", {}).get("scores") == last_scores_commit(ds)
 
 
 @dataclass
@@ -62,8 +70,8 @@ def backfill(days: list[str], run_day: Callable[[str], dict], is_done: Callable[
     def progress() -> None:
         finished = len(report.done)
         left = len(todo) - finished - len(report.failed)
-        eta = (time.perf_counter() - t0) / finished * left if finished else float("nan")
-        print(f"[backfill] {finished}/{len(todo)} days done, {left} left, ETA {eta:,.0f}s", file=sys.stderr, flush=True)
+        eta = f"ETA {(time.perf_counter() - t0) / finished * left:,.0f}s" if finished else "ETA unknown"
+        print(f"[backfill] {finished}/{len(todo)} days done, {left} left, {eta}", file=sys.stderr, flush=True)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         pending, queue = {}, list(todo)

@@ -13,7 +13,7 @@ from pyspark.sql.types import FloatType
 
 from jobs.config import JobConfig
 from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
-from jobs.delta_io import read_model_input, replace_day
+from jobs.delta_io import commit_of_run, read_model_input, replace_day
 from jobs.job_start import start_job
 from jobs.report import observe_score_distribution
 from jobs.score_stage import day_candidates
@@ -77,8 +77,7 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
 
     ckpt = ckpt or cfg.model
     path = cfg.table_path(BASELINE_TABLE)
-    job = start_job(spark, "baseline-score", ds, ckpt, [(SCORES, path), (QUARANTINE, cfg.table_path(QUARANTINE))],
-                    stale_summaries=(cfg.summary_path("baseline-score", ds),))
+    job = start_job(spark, cfg, "baseline-score", ds, ckpt, [(SCORES, path), (QUARANTINE, cfg.table_path(QUARANTINE))])
     ds, spec, version, summary, run_id = job.ds, job.spec, job.version, job.summary, job.run_id
     tagged = None
     try:
@@ -110,6 +109,7 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
                                 "item_id", "score", rank.cast("int").alias("rank"))
             out, distribution = observe_score_distribution(out)
             summary.rows_out = replace_day(out, path, ds, run_id)
+            summary.commits[BASELINE_TABLE] = commit_of_run(spark, path, run_id)
             dist = distribution()
     finally:  # a failed day must not leave its rows cached in a session that goes on
         if tagged is not None:

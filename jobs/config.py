@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -82,6 +83,7 @@ def load_config(path: str | None, **overrides: Any) -> JobConfig:
     """
     raw: dict[str, Any] = {}
     if path:
+        check_config_root(path)
         try:
             raw = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -102,6 +104,37 @@ def load_config(path: str | None, **overrides: Any) -> JobConfig:
     return check_config(JobConfig(**raw), path or "(no file)")
 
 
+# Trust model: whoever may run the `ugsep` command (a shell, the operator's Airflow settings)
+# is trusted; a job config file may be written by others (a run-time config of the DAG, a
+# shared folder), so it cannot start code: its [spark] table cannot set JVM options, class
+# paths, jars or files unless the operator allows it, and with UGSEP_CONFIG_ROOT set only
+# config files under that folder are read.
+CONFIG_ROOT_ENV = "UGSEP_CONFIG_ROOT"
+ALLOW_JVM_CONF_ENV = "UGSEP_ALLOW_JVM_CONF"
+CODE_SETTINGS = re.compile(r"spark\.(jars(\..*)?|files|archives|submit\..*|pyspark\..*|plugins|"
+                           r"(driver|executor|yarn\.am)\.(extraJavaOptions|extraClassPath|extraLibraryPath|"
+                           r"defaultJavaOptions|userClassPathFirst)|executorEnv\..*|.*\.discoveryScript)")
+
+
+def check_config_root(path: str) -> None:
+    """With $UGSEP_CONFIG_ROOT set, a job config must be a file under that folder."""
+    root = os.environ.get(CONFIG_ROOT_ENV)
+    if root and not Path(path).resolve().is_relative_to(Path(root).resolve()):
+        raise ValueError(f"job config {path} is outside {root} (${CONFIG_ROOT_ENV}), the only folder "
+                         "configs are read from here")
+
+
+def check_spark_settings(spark: dict[str, Any], source: str) -> None:
+    """A config file's [spark] table may tune Spark but not make it run other code."""
+    if os.environ.get(ALLOW_JVM_CONF_ENV) == "1":
+        return
+    code = sorted(k for k in spark if CODE_SETTINGS.fullmatch(k))
+    if code:
+        raise ValueError(f"job config {source}: [spark] may not set {code}: they let a config file run code "
+                         f"(JVM options, class paths, jars, files); an operator allows them with "
+                         f"{ALLOW_JVM_CONF_ENV}=1, or passes them with --conf")
+
+
 MINIMUM = {"users_per_batch": 1, "max_candidates_per_call": 1, "partitions": 0, "task_gpus": 0}
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -118,6 +151,7 @@ def check_config(cfg: JobConfig, source: str) -> JobConfig:
         if f.name in MINIMUM and value < MINIMUM[f.name]:
             raise ValueError(f"job config {source}: {f.name} = {value!r}, must be at least {MINIMUM[f.name]}")
     check_tables(cfg.tables, source)
+    check_spark_settings(cfg.spark, source)
     if not DEVICE.fullmatch(cfg.device):
         raise ValueError(f"job config {source}: device = {cfg.device!r}, expected auto, cpu, cuda or cuda:N")
     return cfg

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
+from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -16,9 +20,31 @@ class ContractError(ValueError):
     """An input table does not have the columns or types its contract names."""
 
 
+class DayConflictError(RuntimeError):
+    """Another run committed to the same day of a table while this one was writing it; nothing
+    of this write was committed."""
+
+
 def ensure_table(spark: SparkSession, contract: TableContract, path: str) -> None:
     """Create the Delta table (empty, contract schema) if it does not exist yet. A table made by an
     earlier version gets the contract columns it lacks, added at the end and null in its old rows."""
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            return _create_or_migrate(spark, contract, path)
+        except Exception as e:  # noqa: BLE001 (Delta's and the JVM's errors of a concurrent create vary)
+            # two runs creating (or migrating) one table at once: one of them conflicts. The
+            # other's table is as good as ours, so look again; a real failure repeats and is raised.
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise
+            print(f"table {contract.name}: created concurrently by another run ({type(e).__name__}); "
+                  "checking it again", file=sys.stderr, flush=True)
+            time.sleep(0.5 * 2**attempt)
+
+
+CREATE_ATTEMPTS = 4
+
+
+def _create_or_migrate(spark: SparkSession, contract: TableContract, path: str) -> None:
     if DeltaTable.isDeltaTable(spark, path):
         have = {f.name for f in spark.read.format("delta").load(path).schema.fields}
         missing = [(c, t) for c, t in contract.columns if c not in have]
@@ -104,9 +130,40 @@ def replace_day(df: DataFrame, path: str, ds: str, run_id: str, extra_predicate:
     if known_rows == 0 and not _holds_rows(df.sparkSession, path, predicate):
         return 0
     written = Observation()
-    (df.observe(written, F.count(F.lit(1)).alias("rows")).write.format("delta").mode("overwrite")
-       .option("replaceWhere", predicate).option("userMetadata", run_id).save(path))
+    try:
+        (df.observe(written, F.count(F.lit(1)).alias("rows")).write.format("delta").mode("overwrite")
+           .option("replaceWhere", predicate).option("userMetadata", run_id).save(path))
+    except DeltaConcurrentModificationException as e:
+        # days touch disjoint files and never conflict: another run wrote this very day meanwhile
+        raise DayConflictError(
+            f"{path}: another run committed to ds={ds} while this run ({run_id}) was writing it "
+            f"({type(e).__name__}); nothing of this write was committed; rerun once the other run is done"
+        ) from None
     return int(written.get["rows"])
+
+
+def commit_of_run(spark: SparkSession, path: str, run_id: str) -> int | None:
+    """The Delta version a run (``userMetadata`` = its run id) committed to the table, if any; the
+    recent history first (the commit was just made), the whole of it if other runs wrote since."""
+    table = DeltaTable.forPath(spark, path)
+    for hist in (table.history(RECENT_COMMITS), table.history()):
+        row = hist.where(F.col("userMetadata") == run_id).agg(F.max("version").alias("v")).first()
+        if row is not None and row["v"] is not None:
+            return int(row["v"])
+    return None
+
+
+RECENT_COMMITS = 64
+
+
+def last_commit_of_day(spark: SparkSession, path: str, ds: str) -> int | None:
+    """The version of the table's latest commit that replaced or deleted rows of day ``ds``."""
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
+    hist = DeltaTable.forPath(spark, path).history()
+    day = hist.where(F.col("operationParameters")["predicate"].contains(f"ds = '{ds}'"))
+    row = day.agg(F.max("version").alias("v")).first()
+    return None if row is None or row["v"] is None else int(row["v"])
 
 
 def _holds_rows(spark: SparkSession, path: str, predicate: str) -> bool:

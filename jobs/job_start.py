@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
-from jobs.config import parse_ds
-from jobs.contracts import TableContract
-from jobs.delta_io import ensure_table
+from jobs.config import JobConfig, parse_ds
+from jobs.contracts import TableContract, input_contracts
+from jobs.delta_io import ContractError, ensure_table
 from jobs.spark_progress import stage_progress
 from jobs.summary import JobSummary
 from ugsep.checkpoint import WEIGHTS, checkpoint_info, verify_checkpoint
@@ -31,20 +32,33 @@ class JobStart:
     run_id: str  # tags this job's Delta commits (userMetadata)
 
 
-def start_job(spark: SparkSession, job: str, ds: str, ckpt: str, outputs: list[tuple[TableContract, str]],
-              unit: str = "candidates", stale_summaries: tuple[Path, ...] = ()) -> JobStart:
-    """``stale_summaries``: summary files that stop describing the day once this job writes to it,
-    deleted first, so a rerun that fails halfway does not leave the last run's mark of a done day."""
+def start_job(spark: SparkSession, cfg: JobConfig, job: str, ds: str, ckpt: str,
+              outputs: list[tuple[TableContract, str]], unit: str = "candidates") -> JobStart:
+    """Check the checkpoint and that the model's input tables exist, then create the job's output
+    tables if needed: a mistyped warehouse fails here and gets no empty tables. The day's earlier
+    summaries stay until this job's own replace them (after its data commit)."""
     ds = parse_ds(ds)
-    for path in stale_summaries:
-        path.unlink(missing_ok=True)
-    summary = JobSummary(job, ds, unit=unit, progress=stage_progress(spark))
+    run_id = f"{job}-{ds}-{uuid.uuid4().hex[:8]}"
+    summary = JobSummary(job, ds, unit=unit, progress=stage_progress(spark), run_id=run_id)
     with summary.timed("start"):  # counted in the job's seconds and throughput like any step
         spec, version = checked_checkpoint(ckpt)
+        require_inputs(spark, cfg, spec)
         for contract, path in outputs:
             ensure_table(spark, contract, path)
     summary.model_version = version
-    return JobStart(ds, spec, version, summary, f"{job}-{ds}-{uuid.uuid4().hex[:8]}")
+    return JobStart(ds, spec, version, summary, run_id)
+
+
+def require_inputs(spark: SparkSession, cfg: JobConfig, spec: FeatureSpec) -> None:
+    """Every input table of the model is where the job config says (a ContractError otherwise)."""
+    for name in input_contracts(spec):
+        source = cfg.source(name)
+        found = (spark.catalog.tableExists(source.catalog_table) if source.catalog_table
+                 else DeltaTable.isDeltaTable(spark, source.path))
+        if not found:
+            raise ContractError(f"table {name}: no {'catalog table' if source.catalog_table else 'Delta table at'} "
+                                f"{source.location}; nothing was written (is the warehouse or [tables.{name}] "
+                                "in the job config right?)")
 
 
 def checked_checkpoint(ckpt: str) -> tuple[FeatureSpec, str]:

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from feature_store.definitions import TableLocation, feast_objects
 from feature_store.online_write import write_arrow
-from feature_store.store import feature_store
+from feature_store.store import check_online_store, feature_store
 from jobs.config import JobConfig, TableSource, day_start, parse_ds
 from jobs.contracts import ITEM_FEATURES, USER_FEATURES, USER_STATE
 from jobs.delta_io import read_model_input, read_table
@@ -41,8 +41,10 @@ def feast_location(source: TableSource) -> TableLocation:
 
 
 def apply_features(cfg: JobConfig, redis: str | None = None) -> list[str]:
-    """Register the entity and feature views (idempotent); returns the names registered."""
+    """Register the entity and feature views (idempotent); returns the names registered. An
+    unreachable Redis online store fails here (OnlineStoreError), before anything is registered."""
     store = feature_store(cfg.warehouse, redis or cfg.redis or None)
+    check_online_store(store.config)
     objects = warehouse_feast_objects(cfg)
     store.apply(objects)
     return [o.name for o in objects]

@@ -10,12 +10,17 @@ from pyspark.sql import functions as F
 from jobs.config import JobConfig
 from jobs.contracts import SCORES
 from jobs.delta_io import read_table
+from jobs.validation import EmptyDayError
 
 
 def top_items(spark: SparkSession, cfg: JobConfig, ds: str, n_users: int, k: int) -> dict[int, list]:
-    """{user_id: [(item_id, score), ...]} for the first ``n_users`` users (by id) of the day."""
+    """{user_id: [(item_id, score), ...]} for the first ``n_users`` users (by id) of the day.
+    Raises EmptyDayError when the day has no scores."""
     scores = read_table(spark, SCORES, cfg.table_path(SCORES)).where(F.col("ds") == ds)
     users = [r[0] for r in scores.select("user_id").distinct().orderBy("user_id").limit(n_users).collect()]
+    if not users and n_users > 0:
+        raise EmptyDayError(f"no scores for ds={ds} in {cfg.table_path(SCORES)}; "
+                            f"run `ugsep score-stage --ds {ds}` (or `ugsep run --ds {ds}`) first")
     rows = (scores.where(F.col("user_id").isin(users) & (F.col("rank") <= k))
             .orderBy("user_id", "rank").select("user_id", "item_id", "score").collect())
     out: dict[int, list] = {u: [] for u in users}

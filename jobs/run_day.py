@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pyspark.sql import SparkSession
 
 from jobs import score_stage, user_stage
@@ -14,7 +16,8 @@ from jobs.run_report import report_paths
 from jobs.score_stage import cached_day, run_score_stage
 from jobs.summary import JobSummary
 from jobs.user_stage import run_user_stage
-from ugsep.checkpoint import read_spec
+from jobs.validation import EmptyDayError
+from ugsep.checkpoint import checkpoint_info, read_spec
 
 
 def ensure_run_tables(spark: SparkSession, cfg: JobConfig) -> None:
@@ -25,11 +28,25 @@ def ensure_run_tables(spark: SparkSession, cfg: JobConfig) -> None:
 
 
 def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool = False,
-            materialize: bool = False, redis: str | None = None) -> dict:
+            materialize: bool = False, redis: str | None = None, allow_empty: bool = False) -> dict:
     """The daily pipeline on one cached read of the day's candidates: the user stage, with
-    ``materialize`` the online store load (as the Airflow DAG's middle task), the score stage."""
+    ``materialize`` the online store load (as the Airflow DAG's middle task), the score stage.
+    ``allow_empty``: a day without candidates is recorded as done with zero rows (its tables are
+    left as they are) instead of failing."""
     ds = parse_ds(ds)
     check_day(ds)
+    try:
+        return _run_day(spark, cfg, ds, compute_missing, materialize, redis)
+    except EmptyDayError:
+        if not allow_empty:
+            raise
+        summary = JobSummary("run", ds, model_version=checkpoint_info(cfg.model).version, empty_day=True)
+        print(f"run ds={ds}: no candidates; recorded as an empty day (--allow-empty)", file=sys.stderr, flush=True)
+        return summary.emit(cfg.summary_path("run", ds))
+
+
+def _run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool, materialize: bool,
+             redis: str | None) -> dict:
     with cached_day(spark, cfg, ds, read_spec(cfg.model)) as day:  # one read and validation for both stages
         user = run_user_stage(spark, cfg, ds, day.per_user)
         if materialize:
@@ -42,6 +59,7 @@ def run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool 
                             **{f"score:{k}": v for k, v in score["quarantine_reasons"].items()}},
         unknown_categorical={**user["unknown_categorical"], **score["unknown_categorical"]},
         users_computed_on_the_fly=score["users_computed_on_the_fly"],
+        run_id=score["run_id"], commits={**user["commits"], **score["commits"]},
         seconds={**{f"user-stage/{k}": v for k, v in user["seconds"].items()},
                  **{f"score-stage/{k}": v for k, v in score["seconds"].items()}},
     )

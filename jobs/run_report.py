@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 QUANTILE_NAMES = ("min", "p50", "p90", "p99", "max")
@@ -77,20 +80,35 @@ def draw_histogram(histogram: dict, path: Path, title: str) -> None:
     ax.set_xlabel("score")
     ax.set_ylabel("candidates")
     ax.set_title(title)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, format="png")
 
 
 def write_report(summary: dict, json_path: Path, drawn_png: Path | None = None) -> Path:
-    """Write the Markdown report (and the histogram PNG if ``summary`` has one) next to ``json_path``.
+    """Write the Markdown report (and the histogram PNG if ``summary`` has one) next to ``json_path``,
+    each file replaced whole (written under a temporary name, then renamed).
     ``drawn_png``: the same histogram already drawn for another job of the run (copied, not drawn again)."""
     md_path, png_path = report_paths(json_path)
     png_name = None
     if summary.get("score_histogram") is not None:
-        if drawn_png is not None:
-            shutil.copyfile(drawn_png, png_path)
-        else:
-            n = sum(summary["score_histogram"]["counts"])
-            draw_histogram(summary["score_histogram"], png_path, f"ds={summary['ds']}: {n:,} scores")
+        with replacing(png_path) as tmp:
+            if drawn_png is not None:
+                shutil.copyfile(drawn_png, tmp)
+            else:
+                n = sum(summary["score_histogram"]["counts"])
+                draw_histogram(summary["score_histogram"], tmp, f"ds={summary['ds']}: {n:,} scores")
         png_name = png_path.name
-    md_path.write_text(report_markdown(summary, png_name))
+    with replacing(md_path) as tmp:
+        tmp.write_text(report_markdown(summary, png_name))
     return md_path
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; renamed over ``path`` when the block succeeds, so
+    a reader (or a crash) never sees half a file, and a failure leaves the old file as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from jobs.contracts import (
     USER_STATE,
     candidates_contract,
 )
-from jobs.delta_io import read_model_input, read_table, replace_day
+from jobs.delta_io import commit_of_run, read_model_input, read_table, replace_day
 from jobs.job_start import JobStart, start_job
 from jobs.model_stage import map_in_arrow_with_model
 from jobs.report import observe_score_distribution
@@ -122,8 +122,7 @@ def run_score_stage(spark: SparkSession, cfg: JobConfig, ds: str, compute_missin
                     day: CheckedDay | None = None) -> dict:
     """Score the day's candidates with the day's user state and write the day's scores.
     ``day``: the day's ``cached_day`` if the caller holds it, else read here."""
-    job = start_job(spark, "score-stage", ds, cfg.model, [(c, cfg.table_path(c)) for c in OUTPUTS],
-                    stale_summaries=(cfg.summary_path("score-stage", ds), cfg.summary_path("run", ds)))
+    job = start_job(spark, cfg, "score-stage", ds, cfg.model, [(c, cfg.table_path(c)) for c in OUTPUTS])
     if day is not None:
         return _score_day(spark, cfg, job, day, compute_missing)
     with cached_day(spark, cfg, job.ds, job.spec) as own:
@@ -171,5 +170,6 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         scores, distribution = observe_score_distribution(scores)
         summary.rows_out = replace_day(scores, cfg.table_path(SCORES), ds, run_id)
+        summary.commits[SCORES.name] = commit_of_run(spark, cfg.table_path(SCORES), run_id)
         dist = distribution()
     return summary.emit(cfg.summary_path("score-stage", ds), dist)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from jobs.run_report import write_report
+from jobs.run_report import replacing, write_report
 
 
 @dataclass
@@ -29,6 +29,9 @@ class JobSummary:
     unknown_categorical: dict[str, int] = field(default_factory=dict)
     users_computed_on_the_fly: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    run_id: str = ""  # tags the job's Delta commits (userMetadata)
+    commits: dict[str, int] = field(default_factory=dict)  # table -> Delta version of this run's commit for ds
+    empty_day: bool = False  # recorded by `backfill --allow-empty` for a day with no candidates
     # while a step runs, a line every ``progress_every`` seconds with what ``progress`` says (if anything)
     progress: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
     progress_every: float = field(default=30.0, repr=False, compare=False)
@@ -76,7 +79,8 @@ class JobSummary:
         d = {**self.to_dict(), **(scores or {})}
         path.parent.mkdir(parents=True, exist_ok=True)
         report = write_report(d, path, drawn_png)
-        path.write_text(json.dumps(d, indent=2))  # last: backfill takes the JSON as the mark of a finished day
+        with replacing(path) as tmp:  # last: backfill takes the JSON as the mark of a finished day
+            tmp.write_text(json.dumps(d, indent=2))
         print(f"{self.job} ds={self.ds} rows_in={self.rows_in} rows_out={self.rows_out} "
               f"quarantined={self.rows_quarantined} users={self.users} seconds={self.total_seconds} "
               f"{self.unit}/s={d[self.unit + '_per_s']:,} summary={path} report={report}", flush=True)

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from jobs.config import JobConfig, day_start
 from jobs.contracts import CANDIDATES, QUARANTINE, USER_FEATURES, USER_STATE
-from jobs.delta_io import read_model_input, replace_day
+from jobs.delta_io import commit_of_run, read_model_input, replace_day
 from jobs.job_start import start_job
 from jobs.model_stage import map_in_arrow_with_model
 from jobs.validation import REASON, quarantine_rows, require_candidates, tag_user_rows, tally
@@ -39,9 +39,7 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: Dat
     """Encode the day's users and write their user_state. ``candidates``: rows holding the user_id
     of every candidate of the day if the caller has them already (`ugsep run`: the cached day's
     per-user counts), else the candidates are read here."""
-    job = start_job(spark, "user-stage", ds, cfg.model,
-                    [(c, cfg.table_path(c)) for c in OUTPUTS], unit="users",
-                    stale_summaries=(cfg.summary_path("user-stage", ds), cfg.summary_path("run", ds)))
+    job = start_job(spark, cfg, "user-stage", ds, cfg.model, [(c, cfg.table_path(c)) for c in OUTPUTS], unit="users")
     ds, spec, version, summary, run_id = job.ds, job.spec, job.version, job.summary, job.run_id
     tagged = None
     try:
@@ -65,6 +63,7 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: Dat
                 F.current_timestamp().alias("created_at"),
                 F.timestamp_seconds(F.lit(day_start(ds))).alias("event_ts"))
             summary.rows_out = summary.users = replace_day(state, cfg.table_path(USER_STATE), ds, run_id)
+            summary.commits[USER_STATE.name] = commit_of_run(spark, cfg.table_path(USER_STATE), run_id)
     finally:  # a failed day must not leave its users cached in a session that goes on (backfill)
         if tagged is not None:
             tagged.unpersist()

@@ -53,7 +53,7 @@ def test_dag_loads_with_the_expected_graph_and_spark_submit_commands(tmp_path):
                 "spark_conf": {"spark.sql.shuffle.partitions": "64"}, "max_active_runs": 2}
     out = probe(tmp_path, settings)
 
-    assert out["import_errors"] == {} and out["dags"] == ["ugsep_daily"]
+    assert out["import_errors"] == {} and out["dags"] == ["ugsep_daily", "ugsep_maintain"]
     assert out["catchup"] is True and out["max_active_runs"] == 2
     # each run scores the day its data interval covers, after that day is over
     assert out["timetable"] == "CronDataIntervalTimetable"
@@ -75,6 +75,20 @@ def test_dag_loads_with_the_expected_graph_and_spark_submit_commands(tmp_path):
         assert tasks[task]["env"] == {"PYSPARK_PYTHON": "/opt/ugsep/bin/python",
                                       "PYSPARK_DRIVER_PYTHON": "/opt/ugsep/bin/python"}
         assert tasks[task]["retries"] == 2
+
+
+def test_a_per_run_config_only_where_the_operator_allows_it(tmp_path):
+    """Off by default (above: the settings' config, no param); with config_override_dir the param picks
+    the config and the CLI reads configs from that folder alone; the weekly maintenance DAG."""
+    out = probe(tmp_path, {"config": "/etc/ugsep/runs/job.toml", "config_override_dir": "/etc/ugsep/runs"})
+    task = out["tasks"]["user_stage"]
+    assert task["command"][-2:] == ["--config", "/etc/ugsep/runs/job.toml"]
+    assert task["env"]["UGSEP_CONFIG_ROOT"] == "/etc/ugsep/runs"
+    assert out["maintain"]["timetable"] == "CronTriggerTimetable" and out["maintain"]["catchup"] is False
+    assert out["maintain"]["command"][-6:] == ["maintain", "--vacuum-hours", "168", "--optimize",
+                                               "--config", "/etc/ugsep/runs/job.toml"]
+    bad = probe(tmp_path, {"config": "/etc/ugsep/job.toml", "config_override_dir": "/etc/ugsep/runs"})
+    assert bad["dags"] == [] and "outside config_override_dir" in " ".join(bad["import_errors"].values())
 
 
 def test_a_misspelled_setting_is_an_import_error_that_names_it(tmp_path):

@@ -1,5 +1,6 @@
 """Backfill driver (unit, with fake days) and the real `ugsep backfill` + cron script on 3 days."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -80,6 +81,27 @@ def test_backfill_refuses_a_parallel_below_one():
         backfill(["d1"], lambda ds: {}, parallel=0)
 
 
+def test_a_day_is_done_only_while_its_summary_describes_the_scores(tmp_path):
+    from jobs.config import JobConfig
+    from jobs.summary import JobSummary
+
+    cfg = JobConfig(warehouse=str(tmp_path))
+    assert not day_is_done(cfg, "2026-09-01", "m1", lambda d: 5)  # no summary
+    JobSummary("run", "2026-09-01", model_version="m1", rows_in=3, rows_out=2, rows_quarantined=1,
+               commits={"scores": 5}).emit(cfg.summary_path("run", "2026-09-01"))
+    assert day_is_done(cfg, "2026-09-01", "m1", lambda d: 5)
+    assert not day_is_done(cfg, "2026-09-01", "m1", lambda d: 6)  # the day's scores were written since
+    assert not day_is_done(cfg, "2026-09-01", "m2", lambda d: 5)  # another model
+    JobSummary("run", "2026-09-02", model_version="m1", empty_day=True).emit(cfg.summary_path("run", "2026-09-02"))
+    assert day_is_done(cfg, "2026-09-02", "m1", lambda d: None)
+
+
+def test_the_progress_line_never_says_nan(capsys):
+    backfill(["2026-09-01", "2026-09-02"], lambda ds: (_ for _ in ()).throw(ValueError("boom")))
+    err = capsys.readouterr().err
+    assert "nan" not in err.lower() and "ETA unknown" in err
+
+
 def _ugsep(*args, env=None, check=True):
     p = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
                        timeout=900, cwd=ROOT, env=env)
@@ -128,13 +150,30 @@ def test_backfill_and_cron_for_real(spark, tmp_path, model_dir):
 
     assert counts() == {ds: (n, n) for ds, n in sizes.items()}  # every day complete, no duplicates
 
-    # a rerun of a done day that stops after its user stage (failed, or killed) leaves it not done
-    from jobs.user_stage import run_user_stage
+    # a day is done while its summary describes the scores table: a failed rerun leaves both as they
+    # were; a later commit to the day's scores (a rerun that wrote and died before its summary) does not
+    import shutil
 
-    version = json.loads(cfg.summary_path("run", days[0]).read_text())["model_version"]
-    assert day_is_done(cfg, days[0], version)
-    run_user_stage(spark, cfg, days[0])
-    assert not day_is_done(cfg, days[0], version)
+    from delta.tables import DeltaTable
+
+    from jobs.delta_io import last_commit_of_day
+    from jobs.run_day import run_day
+
+    def done(ds):
+        return day_is_done(cfg, ds, version, lambda d: last_commit_of_day(spark, cfg.table_path(SCORES), d))
+
+    summary_path = cfg.summary_path("run", days[0])
+    version = json.loads(summary_path.read_text())["model_version"]
+    assert done(days[0])
+    before = summary_path.read_bytes()
+    broken = tmp_path / "broken-model"
+    shutil.copytree(model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(Exception, match="model.safetensors"):
+        run_day(spark, dataclasses.replace(cfg, model=str(broken)), days[0])
+    assert summary_path.read_bytes() == before and done(days[0])  # the summary was not deleted first
+    DeltaTable.forPath(spark, cfg.table_path(SCORES)).delete(F.col("ds") == days[0])
+    assert not done(days[0]) and done(days[2])
 
     # cron: the same day again through the script (replaces, no duplicates), bad dates, the lock
     env = {**os.environ, "UGSEP_HOME": str(ROOT), "UGSEP_CONFIG": str(conf), "UGSEP_LOG_DIR": str(tmp_path / "logs"),

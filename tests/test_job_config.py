@@ -77,3 +77,29 @@ def test_faults_come_from_one_environment_variable(monkeypatch):
         with pytest.raises(RuntimeError, match=f"injected failure for ds={ds}"):
             faults.check_day(ds)
     faults.check_day("2026-11-02")
+
+
+@pytest.mark.parametrize("key", ["spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions", "spark.jars",
+                                 "spark.jars.packages", "spark.driver.extraClassPath", "spark.files",
+                                 "spark.executor.resource.gpu.discoveryScript", "spark.executorEnv.LD_PRELOAD"])
+def test_a_config_file_cannot_make_spark_run_code(tmp_path, monkeypatch, key):
+    monkeypatch.delenv("UGSEP_ALLOW_JVM_CONF", raising=False)
+    path = tmp_path / "job.toml"
+    path.write_text(f'[spark]\n"{key}" = "x"\n"spark.sql.shuffle.partitions" = "4"\n')
+    with pytest.raises(ValueError, match=rf"\[spark\] may not set \['{key}'\].*UGSEP_ALLOW_JVM_CONF=1"):
+        load_config(str(path))
+    monkeypatch.setenv("UGSEP_ALLOW_JVM_CONF", "1")  # the operator's choice
+    assert load_config(str(path)).spark[key] == "x"
+
+
+def test_configs_are_read_only_under_the_config_root(tmp_path, monkeypatch):
+    (tmp_path / "allowed").mkdir()
+    inside, outside = tmp_path / "allowed" / "job.toml", tmp_path / "job.toml"
+    for p in (inside, outside):
+        p.write_text("partitions = 2\n")
+    monkeypatch.setenv("UGSEP_CONFIG_ROOT", str(tmp_path / "allowed"))
+    assert load_config(str(inside)).partitions == 2
+    with pytest.raises(ValueError, match="outside .*allowed"):
+        load_config(str(outside))
+    with pytest.raises(ValueError, match="outside"):
+        load_config(str(tmp_path / "allowed" / ".." / "job.toml"))

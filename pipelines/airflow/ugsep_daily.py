@@ -1,4 +1,5 @@
-"""Airflow DAG `ugsep_daily`: user-stage -> materialize -> score-stage for each logical date.
+"""Airflow DAGs: `ugsep_daily` (user-stage -> materialize -> score-stage for each logical date)
+and `ugsep_maintain` (weekly VACUUM and OPTIMIZE of the pipeline's tables).
 
 The same pipeline as the cron script's `ugsep run --materialize`, one task per step so a
 failed step retries alone; both read every job setting (tables, model, online store) from
@@ -13,7 +14,9 @@ Settings come from the Airflow Variable ``ugsep`` (JSON; every key optional, def
 
     home         folder of the ugsep checkout on the worker (cli/main.py lives there)
     python       interpreter with ugsep installed (driver and executors' Python)
-    config       job config (TOML); per run, the param ``config`` overrides it
+    config       job config (TOML) of every run
+    config_override_dir  a folder: lets whoever triggers a run pick its config (the param
+                 ``config``) among the files there; empty (the default): no per-run config
     conn_id      Spark connection (its host is the master: local[*], yarn, spark://..., k8s://...)
     packages     Maven coordinates of the Delta jars for spark-submit --packages
     spark_conf   Spark settings for every task
@@ -22,6 +25,7 @@ Settings come from the Airflow Variable ``ugsep`` (JSON; every key optional, def
     start_date   first logical date (YYYY-MM-DD)
     schedule     cron expression (default "0 6 * * *"): each run scores the day its data interval starts
     max_active_runs, retries, retry_minutes
+    maintain_schedule, vacuum_hours   the weekly DAG ``ugsep_maintain`` (VACUUM, OPTIMIZE)
 
 ``spark-submit`` must be on the worker's PATH (the provider only runs that name): with the pip
 install of pyspark it is ``<home>/.venv/bin/spark-submit``.
@@ -35,6 +39,7 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.timetables.trigger import CronTriggerTimetable
 
 try:  # Airflow 3
     from airflow.sdk import DAG, Param, Variable, chain
@@ -58,6 +63,9 @@ DEFAULTS: dict = {
     "max_active_runs": 1,
     "retries": 2,
     "retry_minutes": 10,
+    "config_override_dir": "",
+    "maintain_schedule": "0 3 * * 0",
+    "vacuum_hours": 168,
 }
 DAILY_STEPS = ("user-stage", "materialize", "score-stage")  # what `ugsep run --materialize` runs, in order
 MODEL_STAGES = ("user-stage", "score-stage")
@@ -72,21 +80,32 @@ def load_settings() -> dict:
     unknown = sorted(set(given or {}) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"Airflow Variable 'ugsep': unknown keys {unknown}; known keys are {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **(given or {})}
+    s = {**DEFAULTS, **(given or {})}
+    root = s["config_override_dir"]
+    if root and not Path(s["config"]).resolve().is_relative_to(Path(root).resolve()):
+        raise ValueError(f"Airflow Variable 'ugsep': config {s['config']} is outside config_override_dir {root}")
+    return s
 
 
-def spark_task(command: str, s: dict) -> SparkSubmitOperator:
-    """One `ugsep <command> --ds <logical date>` through spark-submit."""
+def spark_task(command: str, s: dict, args: list[str]) -> SparkSubmitOperator:
+    """One `ugsep <command> <args> --config ...` through spark-submit. Whoever may trigger a run
+    may pick its job config only where the operator allows it (``config_override_dir``), and the
+    CLI then reads configs from that folder alone ($UGSEP_CONFIG_ROOT); a config file can never
+    make Spark run code (see jobs/config.py)."""
     conf = {**s["spark_conf"], **(s["gpu_conf"] if command in MODEL_STAGES else {})}
+    env = {"PYSPARK_PYTHON": s["python"], "PYSPARK_DRIVER_PYTHON": s["python"]}
+    config = s["config"]
+    if s["config_override_dir"]:
+        config, env["UGSEP_CONFIG_ROOT"] = "{{ params.config }}", s["config_override_dir"]
     return SparkSubmitOperator(
         task_id=command.replace("-", "_"),
         conn_id=s["conn_id"],
         application=f"{s['home']}/cli/main.py",
-        application_args=[command, "--ds", "{{ ds }}", "--config", "{{ params.config }}"],
-        name=f"ugsep-{command}-{{{{ ds }}}}",
+        application_args=[command, *args, "--config", config],
+        name=f"ugsep-{command}" + ("-{{ ds }}" if "--ds" in args else ""),
         packages=s["packages"],
         conf=conf,
-        env_vars={"PYSPARK_PYTHON": s["python"], "PYSPARK_DRIVER_PYTHON": s["python"]},
+        env_vars=env,
     )
 
 
@@ -104,7 +123,23 @@ with DAG(
     default_args={"retries": int(settings["retries"]),
                   "retry_delay": dt.timedelta(minutes=float(settings["retry_minutes"])),
                   "owner": "ugsep"},
-    params={"config": Param(settings["config"], type="string", description="job config (TOML) for this run")},
+    params=({"config": Param(settings["config"], type="string",
+                             description=f"job config (TOML) for this run, under {settings['config_override_dir']}")}
+            if settings["config_override_dir"] else {}),
     tags=["ugsep", "spark"],
 ) as dag:
-    chain(*(spark_task(step, settings) for step in DAILY_STEPS))
+    chain(*(spark_task(step, settings, ["--ds", "{{ ds }}"]) for step in DAILY_STEPS))
+
+with DAG(
+    dag_id="ugsep_maintain",
+    description="Weekly Delta housekeeping of the pipeline's tables: VACUUM and OPTIMIZE",
+    schedule=CronTriggerTimetable(settings["maintain_schedule"], timezone="UTC"),
+    start_date=dt.datetime.fromisoformat(settings["start_date"]).replace(tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": int(settings["retries"]), "owner": "ugsep",
+                  "retry_delay": dt.timedelta(minutes=float(settings["retry_minutes"]))},
+    params=({"config": Param(settings["config"], type="string")} if settings["config_override_dir"] else {}),
+    tags=["ugsep", "spark"],
+) as maintain_dag:
+    spark_task("maintain", settings, ["--vacuum-hours", str(settings["vacuum_hours"]), "--optimize"])

@@ -41,6 +41,12 @@ def main(dag_folder: str, ds: str) -> None:
                 "command": hook._build_spark_submit_command(task.application),
                 "env": task.env_vars,
             }
+    weekly = bag.dags.get("ugsep_maintain")
+    if weekly is not None:
+        (task,) = weekly.tasks
+        task.render_template_fields({"ds": ds, "params": weekly.params.dump()})
+        out["maintain"] = {"timetable": type(weekly.timetable).__name__, "catchup": weekly.catchup,
+                           "command": task._get_hook()._build_spark_submit_command(task.application)}
     print("PROBE " + json.dumps(out))  # Airflow logs to stdout too; the test reads this line
 
 
