@@ -63,10 +63,20 @@ def start_spark(a: argparse.Namespace, cfg):
     return build_spark(f"ugsep-{a.command}", cfg.spark, quiet=not getattr(a, "verbose", False))
 
 
+def require_online_store(cfg, redis: str | None) -> None:
+    """Fail fast (OnlineStoreError) when the Redis online store a command will write does not answer."""
+    from feature_store.store import check_online_store, repo_config
+
+    check_online_store(repo_config(cfg.warehouse, redis or cfg.redis or None))
+
+
 def spark_job(a: argparse.Namespace):
-    """Validate --ds, load the job config and start the session: (spark, cfg)."""
+    """Validate --ds, load the job config and start the session: (spark, cfg). A command that
+    will write the online store (materialize, --materialize) first checks that it answers."""
     from jobs.config import parse_ds
 
     parse_ds(a.ds)  # fail before Spark starts
     cfg = job_config(a)
+    if a.command == "materialize" or getattr(a, "materialize", False):
+        require_online_store(cfg, getattr(a, "redis", None))
     return start_spark(a, cfg), cfg

@@ -87,6 +87,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_backfill(a: argparse.Namespace) -> int:
     from jobs.backfill import backfill, day_is_done, day_range
+    from jobs.contracts import SCORES
+    from jobs.delta_io import last_commit_of_day
     from jobs.run_day import ensure_run_tables, run_day
     from ugsep.checkpoint import checkpoint_info
 
@@ -95,14 +97,27 @@ def cmd_backfill(a: argparse.Namespace) -> int:
     version = checkpoint_info(cfg.model).version
     spark = start_spark(a, cfg)
     ensure_run_tables(spark, cfg)
-    report = backfill(days, lambda ds: run_day(spark, cfg, ds), parallel=a.parallel,
-                      is_done=(lambda ds: day_is_done(cfg, ds, version)) if a.skip_done else (lambda ds: False))
+
+    def is_done(ds: str) -> bool:
+        return a.skip_done and day_is_done(cfg, ds, version,
+                                           lambda d: last_commit_of_day(spark, cfg.table_path(SCORES), d))
+
+    report = backfill(days, lambda ds: run_day(spark, cfg, ds, allow_empty=a.allow_empty), parallel=a.parallel,
+                      is_done=is_done)
     print(report.line())
     for ds, why in report.failed.items():
         print(f"  {ds} failed: {why}", file=sys.stderr)
     if not report.ok:
         print("rerun with --skip-done to pick up where this stopped", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def cmd_maintain(a: argparse.Namespace) -> int:
+    from jobs.maintain import maintain
+
+    cfg = job_config(a)
+    print(json.dumps(maintain(start_spark(a, cfg), cfg, a.vacuum_hours, a.optimize)))
+    return 0
 
 
 def compute_missing_option(p: argparse.ArgumentParser) -> None:
@@ -172,4 +187,17 @@ def register(sub) -> None:
     p.add_argument("--end", required=True, help="last day, YYYY-MM-DD (inclusive)")
     p.add_argument("--parallel", type=int, default=1, help="days run at once in one Spark session")
     p.add_argument("--skip-done", action="store_true", help="skip days whose run is complete for this model")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="record a day without candidates as done with zero rows instead of failing it "
+                        "(its tables are left as they are)")
     p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("maintain", parents=[parent(config_options, spark_options)],
+                       help="Delta housekeeping: VACUUM (and OPTIMIZE) the pipeline's tables",
+                       description="VACUUM removes data files the Delta log no longer references (replaced "
+                                   "days, files of killed writes) older than the retention; --optimize compacts "
+                                   "small files. Delta refuses a retention under 168 hours unless "
+                                   "--conf spark.databricks.delta.retentionDurationCheck.enabled=false.")
+    p.add_argument("--vacuum-hours", type=float, help="retention in hours (default: Delta's, 168)")
+    p.add_argument("--optimize", action="store_true", help="also compact each table's small files")
+    p.set_defaults(func=cmd_maintain)

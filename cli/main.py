@@ -4,6 +4,7 @@
     cli/job_commands.py      generate, user-stage, score-stage, run, baseline-score, show, demo, backfill
     cli/feature_commands.py  features apply, materialize, serve-score
     cli/data_commands.py     import, evaluate-day
+    cli/errors.py            the error boundary: a failure is one line and its family's exit code
 """
 
 from __future__ import annotations
@@ -20,27 +21,40 @@ from cli import data_commands, feature_commands, job_commands, model_commands  #
 GROUPS = (model_commands, job_commands, feature_commands, data_commands)
 
 
+DEBUG_HELP = "on an error, show the traceback instead of one line"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ugsep",
         description="Batch scoring for UG-Sep ranking models: train, encode users once, score groups.",
+        epilog="Errors are one line on stderr, `ugsep COMMAND: error: ...`, with an exit code per kind of "
+               "failure: 1 unexpected, 2 bad input, 3 checkpoint, 4 tables, 5 data not ready, "
+               "6 concurrent write, 7 feature store (see cli/errors.py).",
     )
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)
+    for command in sub.choices.values():  # also after the command; SUPPRESS keeps a --debug given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A failure is one line on stderr and its family's exit code (cli/errors.py);
+    with --debug it is raised, traceback and all."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except KeyError as e:  # str() of a KeyError is only the key
-        print(f"ugsep {args.command}: error: missing key {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"ugsep {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:
+        if args.debug:
+            raise
+        from cli.errors import explain
+
+        code, message = explain(e)
+        print(f"ugsep {args.command}: error: {message}", file=sys.stderr, flush=True)
+        return code
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feature_store.definitions import PROJECT
 
 REDIS_ENV = "UGSEP_REDIS"  # host:port; set it (or pass redis=...) to use Redis online
+CHECK_TIMEOUT_S = 2.0  # how long check_online_store waits for a Redis node to answer
+
+
+class OnlineStoreError(ConnectionError):
+    """The online store does not answer (nothing was written to it)."""
 
 
 def repo_config(warehouse: str, redis: str | None = None) -> RepoConfig:
@@ -38,3 +43,38 @@ def repo_config(warehouse: str, redis: str | None = None) -> RepoConfig:
 
 def feature_store(warehouse: str, redis: str | None = None) -> FeatureStore:
     return FeatureStore(config=repo_config(warehouse, redis))
+
+
+def check_online_store(config: RepoConfig, timeout: float = CHECK_TIMEOUT_S) -> None:
+    """Raise OnlineStoreError, naming the address, when the Redis online store does not answer a
+    PING within ``timeout`` seconds (no retries). Feast connects lazily: without this, ``apply``
+    reports success against a Redis that is down and the first read or write fails much later.
+    A SQLite online store is a local file: nothing to check."""
+    online = config.online_store
+    if getattr(online, "type", None) != "redis":
+        return
+    import redis
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    nodes, params = RedisOnlineStore._parse_connection_string(online.connection_string)
+    where = ",".join(":".join(n.values()) for n in nodes) or online.connection_string
+    auth = {k: params[k] for k in ("password", "username", "ssl", "db") if k in params}
+    why = "no host:port in the connection string"
+    for node in nodes:  # a cluster or sentinel answers on any of its nodes
+        if "port" not in node:
+            why = f"{node.get('host')!r} has no port"
+            continue
+        try:
+            client = redis.Redis(host=node["host"], port=int(node["port"]), socket_connect_timeout=timeout,
+                                 socket_timeout=timeout, retry=Retry(NoBackoff(), 0), **auth)
+            try:
+                client.ping()
+                return
+            finally:
+                client.close()
+        except (redis.RedisError, OSError, ValueError) as e:
+            why = str(e).strip() or type(e).__name__
+    raise OnlineStoreError(f"the Redis online store at {where} is unreachable ({why}); is redis-server running "
+                           "there, and is --redis (or the config's redis, or $" + REDIS_ENV + ") right?")

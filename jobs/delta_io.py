@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from delta.exceptions import DeltaConcurrentModificationException
+import delta.exceptions
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -18,6 +18,10 @@ from ugsep.features import FeatureSpec
 
 class ContractError(ValueError):
     """An input table does not have the columns or types its contract names."""
+
+
+# Delta's commit conflicts as PySpark raises them (the classes share no base but PySparkException)
+DELTA_CONFLICTS = tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
 
 
 class DayConflictError(RuntimeError):
@@ -133,7 +137,7 @@ def replace_day(df: DataFrame, path: str, ds: str, run_id: str, extra_predicate:
     try:
         (df.observe(written, F.count(F.lit(1)).alias("rows")).write.format("delta").mode("overwrite")
            .option("replaceWhere", predicate).option("userMetadata", run_id).save(path))
-    except DeltaConcurrentModificationException as e:
+    except DELTA_CONFLICTS as e:
         # days touch disjoint files and never conflict: another run wrote this very day meanwhile
         raise DayConflictError(
             f"{path}: another run committed to ds={ds} while this run ({run_id}) was writing it "

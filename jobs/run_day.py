@@ -10,6 +10,7 @@ from jobs import score_stage, user_stage
 from jobs.config import JobConfig, parse_ds
 from jobs.delta_io import ensure_table
 from jobs.faults import check_day
+from jobs.job_start import require_inputs
 from jobs.materialize import materialize_day
 from jobs.report import SCORE_DISTRIBUTION_KEYS
 from jobs.run_report import report_paths
@@ -23,6 +24,7 @@ from ugsep.checkpoint import checkpoint_info, read_spec
 def ensure_run_tables(spark: SparkSession, cfg: JobConfig) -> None:
     """Create (or bring up to date) the tables `ugsep run` writes, before days run side by side:
     two days creating or altering one Delta table at once conflict, and one of them fails."""
+    require_inputs(spark, cfg, read_spec(cfg.model))
     for contract in dict.fromkeys(user_stage.OUTPUTS + score_stage.OUTPUTS):
         ensure_table(spark, contract, cfg.table_path(contract))
 

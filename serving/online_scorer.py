@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from feature_store.definitions import STATE_SERVICE, USER_FEATURES_SERVICE
-from feature_store.store import feature_store
+from feature_store.store import check_online_store, feature_store
 from ugsep.checkpoint import load_checkpoint
 from ugsep.data.arrow_columns import arrow_columns, field_columns
 from ugsep.data.ranking_data import to_tensors
@@ -24,6 +24,22 @@ from ugsep.state import UserState
 
 class StateVersionError(RuntimeError):
     """The online store holds state written by another model version."""
+
+
+class _MessageKeyError(KeyError):
+    """A KeyError whose text is its message (a plain KeyError's text is the repr of its key)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownUserError(_MessageKeyError):
+    """The online store holds neither state nor features of the user: a wrong user id, or a day
+    not materialized yet. (A KeyError, as raised before it had its own type.)"""
+
+
+class ItemFieldError(_MessageKeyError):
+    """A candidate item of a request lacks a field the model reads."""
 
 
 @dataclass
@@ -43,6 +59,7 @@ class OnlineScorer:
         self.model, self.version = load_checkpoint(ckpt)
         self.spec = self.model.spec
         self.store = feature_store(warehouse, redis)
+        check_online_store(self.store.config)  # an unreachable Redis fails now, naming its address
 
     def fetch_states(self, user_ids: list[int]) -> tuple[list[str | None], list[list[float] | None]]:
         """(model_version, flat state) per user from the online store; None where absent."""
@@ -56,7 +73,7 @@ class OnlineScorer:
                                               entity_rows=[{"user_id": int(user_id)}]).to_dict()
         names = non_key_columns(self.spec.user_fields, "user_id")
         if all(resp[n][0] is None for n in names):
-            raise KeyError(f"user {user_id} has neither user_state nor user_features in the online store")
+            raise UnknownUserError(f"user {user_id} has neither user_state nor user_features in the online store")
         resp["user_id"] = [user_id]
         return field_columns(arrow_columns(resp, self.spec.user_fields), self.spec.user_fields)
 
@@ -86,5 +103,5 @@ def items_from_records(records: list[dict], spec) -> dict[str, np.ndarray]:
     try:
         values = {f.name: [r[f.name] for r in records] for f in fields}
     except KeyError as e:
-        raise KeyError(f"a candidate item is missing field {e.args[0]!r}") from None
+        raise ItemFieldError(f"a candidate item is missing field {e.args[0]!r}") from None
     return field_columns(arrow_columns(values, fields), fields)

@@ -26,7 +26,7 @@ def test_the_help_lists_every_subcommand():
     top = ugsep("--help").stdout
     assert subcommands() == sorted(["train", "eval", "quantize", "score-local", "generate", "user-stage",
                                     "score-stage", "run", "baseline-score", "show", "demo", "backfill",
-                                    "features", "materialize", "serve-score", "import", "evaluate-day"])
+                                    "features", "materialize", "serve-score", "maintain", "import", "evaluate-day"])
     for cmd in subcommands():
         assert f"    {cmd}" in top
 
@@ -53,7 +53,7 @@ def test_train_then_eval_on_movielens_format(tmp_path):
 
 def test_bad_input_gives_clear_error(tmp_path):
     p = ugsep("eval", "--ckpt", str(tmp_path / "missing"), check=False)
-    assert p.returncode == 2 and "missing" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 3 and "missing" in p.stderr and "Traceback" not in p.stderr  # a checkpoint error
     p = ugsep("train", "--dataset", "movielens-100k", "--out", str(tmp_path), check=False)
     assert p.returncode == 2 and "--data-dir" in p.stderr
 
