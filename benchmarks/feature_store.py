@@ -105,8 +105,9 @@ def main() -> None:
     users, items, cands = synthetic_tables(DS, a.users, mean_cands=5)
     rng = np.random.default_rng(0)
     cand = rng.integers(0, len(items["item_id"]), 500)
-    request = {k: items[k][cand] for k in ("item_id", "category", "tags", "price", "popularity")}
-    request["recency"] = rng.exponential(24.0, 500).astype(np.float32)
+    spec = synthetic_spec()
+    request = {f.name: items[f.name][cand] for f in spec.item_fields}
+    request.update({f.name: rng.exponential(24.0, 500).astype(np.float32) for f in spec.context_fields})
     ids = users["user_id"]
     result: dict = {"users": a.users, "d_model": a.d_model}
     try:

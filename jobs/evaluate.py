@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from jobs.config import JobConfig, parse_ds
 from jobs.contracts import LABELS, LABELS_CONTRACT, SCORES
 from jobs.delta_io import read_input, read_table
+from jobs.run_report import replacing
 from ugsep.metrics import auc, logloss, uauc
 
 KEYS = ["ds", "user_id", "item_id"]
@@ -43,6 +44,16 @@ def ranking_metrics(user: np.ndarray, label: np.ndarray, score: np.ndarray) -> d
 
 def _finite_or_none(d: dict) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
+
+
+def evaluation_markdown(result: dict) -> str:
+    """The evaluation as a Markdown report, beside its JSON like the jobs' run reports."""
+    days = result["start"] if result["start"] == result["end"] else f"{result['start']}..{result['end']}"
+    keys = ("auc", "uauc", "logloss", "mean_score", "label_rate", "calibration", "rows_joined",
+            "scored_without_label", "labels_without_score", "rows_invalid")
+    rows = [f"| {k} | {'n/a' if result.get(k) is None else result[k]} |" for k in keys if k in result]
+    return "\n".join([f"# evaluate ds={days}", "", f"model_version: `{', '.join(result['model_versions'])}`", "",
+                      "| metric | value |", "|---|---:|", *rows, ""])
 
 
 def evaluate_days(spark: SparkSession, cfg: JobConfig, start: str, end: str) -> dict:
@@ -101,7 +112,10 @@ def evaluate_days(spark: SparkSession, cfg: JobConfig, start: str, end: str) -> 
     result = _finite_or_none(result)
     path = cfg.summary_path("evaluate", start if start == end else f"{start}_{end}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    with replacing(path.with_suffix(".md")) as tmp:
+        tmp.write_text(evaluation_markdown(result))
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     print(f"evaluate ds={days} rows={result['rows_joined']} auc={fmt(result['auc'])} uauc={fmt(result['uauc'])} "
           f"logloss={fmt(result['logloss'])} calibration={fmt(result['calibration'])} "

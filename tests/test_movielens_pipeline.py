@@ -101,6 +101,8 @@ def test_import_run_evaluate_matches_the_model(spark, tmp_path):
     assert result["label_rate"] == pytest.approx(float(data.label[rows].mean(dtype=np.float64)), abs=1e-12)
     suffix = start if start == end else f"{start}_{end}"
     assert json.loads(cfg.summary_path("evaluate", suffix).read_text()) == result
+    report = cfg.summary_path("evaluate", suffix).with_suffix(".md").read_text()
+    assert f"| auc | {result['auc']} |" in report and f"# evaluate ds={start}..{end}" in report
 
     # the Feast online scorer serves a MovieLens user from the materialized state: the same scores
     from jobs.materialize import materialize_day
