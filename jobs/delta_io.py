@@ -161,11 +161,13 @@ RECENT_COMMITS = 64
 
 
 def last_commit_of_day(spark: SparkSession, path: str, ds: str) -> int | None:
-    """The version of the table's latest commit that replaced or deleted rows of day ``ds``."""
+    """The version of the table's latest commit whose predicate names day ``ds``: our writes'
+    ``replaceWhere ds = '<ds>'``, and deletes of the day (recorded as ``(ds#12 = <ds>)``)."""
     if not DeltaTable.isDeltaTable(spark, path):
         return None
     hist = DeltaTable.forPath(spark, path).history()
-    day = hist.where(F.col("operationParameters")["predicate"].contains(f"ds = '{ds}'"))
+    predicate = F.regexp_replace(F.col("operationParameters")["predicate"], r"#\d+|'", "")
+    day = hist.where(predicate.contains(f"ds = {ds}"))
     row = day.agg(F.max("version").alias("v")).first()
     return None if row is None or row["v"] is None else int(row["v"])
 
