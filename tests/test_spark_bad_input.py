@@ -169,6 +169,25 @@ def test_bad_rows_are_quarantined_with_reasons(spark, bad_day):
             job(spark, cfg, DS)
     assert kept == {c: spark.read.format("delta").load(cfg.table_path(c)).where(F.col("ds") == DS).count()
                     for c in (SCORES, USER_STATE)} and min(kept.values()) > 0
+    # a day that is legitimately empty: recorded as done with zero rows, its tables left as they are
+    empty_day = run_day(spark, cfg, DS, allow_empty=True)
+    assert empty_day["empty_day"] and empty_day["rows_in"] == 0
+    assert json.loads(cfg.summary_path("run", DS).read_text())["empty_day"] is True
+    assert kept == {c: spark.read.format("delta").load(cfg.table_path(c)).where(F.col("ds") == DS).count()
+                    for c in (SCORES, USER_STATE)}
+
+
+def test_a_mistyped_warehouse_gets_no_tables(spark, tmp_path, model_dir):
+    """A job pointed at a warehouse without input tables fails before creating any output table."""
+    from jobs.config import JobConfig
+    from jobs.score_stage import run_score_stage
+    from jobs.user_stage import run_user_stage
+
+    cfg = JobConfig(warehouse=str(tmp_path / "warehous"), model=model_dir)
+    for job in (run_user_stage, run_score_stage, run_day):
+        with pytest.raises(ContractError, match=r"table (candidates|user_features|item_features): no Delta table"):
+            job(spark, cfg, DS)
+    assert not (tmp_path / "warehous").exists() or not any((tmp_path / "warehous").iterdir())
 
 
 def test_schema_mismatch_fails_before_writing(spark, job_cfg):
