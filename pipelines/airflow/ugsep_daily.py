@@ -109,6 +109,18 @@ def spark_task(command: str, s: dict, args: list[str]) -> SparkSubmitOperator:
     )
 
 
+def shared_dag_args(s: dict) -> dict:
+    """What both DAGs take from the settings: start, retries, the per-run config param (if allowed)."""
+    params = {}
+    if s["config_override_dir"]:
+        params["config"] = Param(s["config"], type="string",
+                                 description=f"job config (TOML) for this run, under {s['config_override_dir']}")
+    return {"start_date": dt.datetime.fromisoformat(s["start_date"]).replace(tzinfo=dt.UTC),
+            "default_args": {"retries": int(s["retries"]), "owner": "ugsep",
+                             "retry_delay": dt.timedelta(minutes=float(s["retry_minutes"]))},
+            "params": params, "tags": ["ugsep", "spark"]}
+
+
 settings = load_settings()
 
 with DAG(
@@ -117,16 +129,9 @@ with DAG(
     # data intervals, not Airflow 3's default CronTriggerTimetable: the run that fires on day D+1
     # at 06:00 has the interval [D, D+1) and ds = D, the day whose candidates are complete
     schedule=CronDataIntervalTimetable(settings["schedule"], timezone="UTC"),
-    start_date=dt.datetime.fromisoformat(settings["start_date"]).replace(tzinfo=dt.UTC),
     catchup=True,
     max_active_runs=int(settings["max_active_runs"]),
-    default_args={"retries": int(settings["retries"]),
-                  "retry_delay": dt.timedelta(minutes=float(settings["retry_minutes"])),
-                  "owner": "ugsep"},
-    params=({"config": Param(settings["config"], type="string",
-                             description=f"job config (TOML) for this run, under {settings['config_override_dir']}")}
-            if settings["config_override_dir"] else {}),
-    tags=["ugsep", "spark"],
+    **shared_dag_args(settings),
 ) as dag:
     chain(*(spark_task(step, settings, ["--ds", "{{ ds }}"]) for step in DAILY_STEPS))
 
@@ -134,12 +139,8 @@ with DAG(
     dag_id="ugsep_maintain",
     description="Weekly Delta housekeeping of the pipeline's tables: VACUUM and OPTIMIZE",
     schedule=CronTriggerTimetable(settings["maintain_schedule"], timezone="UTC"),
-    start_date=dt.datetime.fromisoformat(settings["start_date"]).replace(tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": int(settings["retries"]), "owner": "ugsep",
-                  "retry_delay": dt.timedelta(minutes=float(settings["retry_minutes"]))},
-    params=({"config": Param(settings["config"], type="string")} if settings["config_override_dir"] else {}),
-    tags=["ugsep", "spark"],
+    **shared_dag_args(settings),
 ) as maintain_dag:
     spark_task("maintain", settings, ["--vacuum-hours", str(settings["vacuum_hours"]), "--optimize"])
