@@ -78,13 +78,20 @@ def test_a_table_from_an_earlier_version_gets_the_new_contract_columns(spark, tm
     assert read_table(spark, USER_STATE, path).columns == USER_STATE.names
 
 
-def test_backfill_creates_the_run_tables_before_days_run_side_by_side(spark, tmp_path):
+def test_backfill_creates_the_run_tables_before_days_run_side_by_side(spark, tmp_path, model_dir):
+    from delta.tables import DeltaTable
+
     from jobs.config import JobConfig
     from jobs.contracts import QUARANTINE, SCORES, USER_STATE
-    from jobs.delta_io import read_table
+    from jobs.delta_io import ContractError, read_table
+    from jobs.generate import generate_tables
     from jobs.run_day import ensure_run_tables
 
-    cfg = JobConfig(warehouse=str(tmp_path / "warehouse"))
+    cfg = JobConfig(warehouse=str(tmp_path / "warehouse"), model=model_dir)
+    with pytest.raises(ContractError, match="no Delta table"):  # no input tables: no output table either
+        ensure_run_tables(spark, cfg)
+    assert not any(DeltaTable.isDeltaTable(spark, cfg.table_path(c)) for c in (USER_STATE, SCORES, QUARANTINE))
+    generate_tables(spark, cfg, "2026-11-01", 5, mean_cands=2)
     ensure_run_tables(spark, cfg)
     for contract in (USER_STATE, SCORES, QUARANTINE):
         assert read_table(spark, contract, cfg.table_path(contract)).columns == contract.names
