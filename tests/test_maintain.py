@@ -6,18 +6,20 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs.contracts import SCORES
-from jobs.generate import generate_tables
+from jobs.delta_io import ensure_table, replace_day
 from jobs.maintain import RETENTION_CHECK, maintain
-from jobs.run_day import run_day
 
 pytestmark = pytest.mark.spark
 DS = "2026-08-01"
 
 
 def test_vacuum_removes_orphan_files_and_keeps_the_day(spark, job_cfg):
-    generate_tables(spark, job_cfg, DS, 12, mean_cands=4)
-    run_day(spark, job_cfg, DS)
-    day = job_cfg.table_path(SCORES) + f"/ds={DS}"
+    path = job_cfg.table_path(SCORES)
+    ensure_table(spark, SCORES, path)
+    rows = [(DS, "m", u, i, 0.5, i) for u in range(3) for i in range(4)]
+    for run in ("first", "rerun"):  # the rerun's replace leaves the first write's files unreferenced
+        replace_day(spark.createDataFrame(rows, SCORES.ddl), path, DS, run)
+    day = path + f"/ds={DS}"
     live = spark.read.format("delta").load(job_cfg.table_path(SCORES)).where(F.col("ds") == DS).count()
     # what a write killed before its commit leaves: a data file the Delta log never mentions
     orphan = os.path.join(day, "part-00000-killed-write.c000.snappy.parquet")
