@@ -75,7 +75,7 @@ def read_input(spark: SparkSession, source: TableSource, contract: TableContract
     renamed to ours, checked against ``contract`` and cut to its columns (others are ignored).
     A table with a ``latest_by`` column reads as its latest row per key: joined with history, a
     key's older rows would copy every candidate or user that joins it."""
-    df = _load(spark, source, contract)
+    df = _load(spark, source)
     for ours, theirs in source.renames.items():
         if theirs not in df.columns:
             raise ContractError(f"table {contract.name} ({source.location}): column {theirs!r}, which the job "
@@ -86,14 +86,20 @@ def read_input(spark: SparkSession, source: TableSource, contract: TableContract
     return latest_per_key(df, contract) if contract.latest_by else df
 
 
-def _load(spark: SparkSession, source: TableSource, contract: TableContract) -> DataFrame:
+def _load(spark: SparkSession, source: TableSource) -> DataFrame:
+    require_table(spark, source)
+    if source.catalog_table:
+        return spark.read.table(source.catalog_table)
+    return spark.read.format("delta").load(source.path)
+
+
+def require_table(spark: SparkSession, source: TableSource, hint: str = "") -> None:
+    """A ContractError naming the table and where it was looked for, unless it is there."""
     if source.catalog_table:
         if not spark.catalog.tableExists(source.catalog_table):
-            raise ContractError(f"table {contract.name}: no table {source.catalog_table!r} in the Spark catalog")
-        return spark.read.table(source.catalog_table)
-    if not DeltaTable.isDeltaTable(spark, source.path):
-        raise ContractError(f"table {contract.name}: no Delta table at {source.path}")
-    return spark.read.format("delta").load(source.path)
+            raise ContractError(f"table {source.name}: no table {source.catalog_table!r} in the Spark catalog{hint}")
+    elif not DeltaTable.isDeltaTable(spark, source.path):
+        raise ContractError(f"table {source.name}: no Delta table at {source.path}{hint}")
 
 
 def latest_per_key(df: DataFrame, contract: TableContract) -> DataFrame:

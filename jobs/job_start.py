@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
 from jobs.config import JobConfig, parse_ds
 from jobs.contracts import TableContract, input_contracts
-from jobs.delta_io import ContractError, ensure_table
+from jobs.delta_io import ensure_table, require_table
 from jobs.spark_progress import stage_progress
 from jobs.summary import JobSummary
 from ugsep.checkpoint import WEIGHTS, checkpoint_info, verify_checkpoint
@@ -52,13 +51,8 @@ def start_job(spark: SparkSession, cfg: JobConfig, job: str, ds: str, ckpt: str,
 def require_inputs(spark: SparkSession, cfg: JobConfig, spec: FeatureSpec) -> None:
     """Every input table of the model is where the job config says (a ContractError otherwise)."""
     for name in input_contracts(spec):
-        source = cfg.source(name)
-        found = (spark.catalog.tableExists(source.catalog_table) if source.catalog_table
-                 else DeltaTable.isDeltaTable(spark, source.path))
-        if not found:
-            raise ContractError(f"table {name}: no {'catalog table' if source.catalog_table else 'Delta table at'} "
-                                f"{source.location}; nothing was written (is the warehouse or [tables.{name}] "
-                                "in the job config right?)")
+        require_table(spark, cfg.source(name),
+                      f"; nothing was written (is the warehouse or [tables.{name}] in the job config right?)")
 
 
 def checked_checkpoint(ckpt: str) -> tuple[FeatureSpec, str]:
