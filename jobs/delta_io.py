@@ -157,9 +157,9 @@ def commit_of_run(spark: SparkSession, path: str, run_id: str) -> int | None:
     recent history first (the commit was just made), the whole of it if other runs wrote since."""
     table = DeltaTable.forPath(spark, path)
     for hist in (table.history(RECENT_COMMITS), table.history()):
-        row = hist.where(F.col("userMetadata") == run_id).agg(F.max("version").alias("v")).first()
-        if row is not None and row["v"] is not None:
-            return int(row["v"])
+        version = _latest_version(hist.where(F.col("userMetadata") == run_id))
+        if version is not None:
+            return version
     return None
 
 
@@ -173,9 +173,13 @@ def last_commit_of_day(spark: SparkSession, path: str, ds: str) -> int | None:
         return None
     hist = DeltaTable.forPath(spark, path).history()
     predicate = F.regexp_replace(F.col("operationParameters")["predicate"], r"#\d+|'", "")
-    day = hist.where(predicate.contains(f"ds = {ds}"))
-    row = day.agg(F.max("version").alias("v")).first()
-    return None if row is None or row["v"] is None else int(row["v"])
+    return _latest_version(hist.where(predicate.contains(f"ds = {ds}")))
+
+
+def _latest_version(commits: DataFrame) -> int | None:
+    """The greatest version among some rows of a table's history, None if there are none."""
+    v = commits.agg(F.max("version").alias("v")).first()["v"]
+    return None if v is None else int(v)
 
 
 def _holds_rows(spark: SparkSession, path: str, predicate: str) -> bool:
