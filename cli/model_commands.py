@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from cli.common import dataset_options, parent
 
@@ -30,22 +31,81 @@ def report(model, test, extra: dict) -> dict:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from ugsep.checkpoint import save_checkpoint
+    """Train one model per seed (early stopping on the validation split), save each best checkpoint
+    with its learning curves, and print a JSON report of the test split (mean and spread over seeds)."""
     from ugsep.data.datasets import load_dataset
-    from ugsep.model import ModelConfig
-    from ugsep.train import TrainConfig, train_model
+    from ugsep.train import mean_and_spread
 
     t0 = time.perf_counter()
     spec, train, test = load_dataset(a.dataset, a.data_dir, a.seed)
-    cfg = ModelConfig(arch=a.arch, compensation=a.compensation, d_model=a.d_model,
-                      n_user_tokens=a.user_tokens, n_group_tokens=a.group_tokens, n_layers=a.layers)
-    print(f"training {a.arch} on {a.dataset}: {len(train):,} train / {len(test):,} test rows, "
-          f"{train.n_users:,} users", file=sys.stderr, flush=True)
-    model = train_model(spec, cfg, train, TrainConfig(epochs=a.epochs, seed=a.seed, batch_size=a.batch_size))
-    extra = {"dataset": a.dataset, "data_dir": a.data_dir, "seed": a.seed}
-    version = save_checkpoint(model.cpu(), a.out, extra=extra)
-    print(json.dumps(report(model, test, {"model_version": version, "seconds": round(time.perf_counter() - t0, 1)})))
+    seeds = a.seeds or [a.seed]
+    print(f"training {a.arch} on {a.dataset}: {len(train):,} training rows ({train.n_users:,} users), "
+          f"{len(test):,} test rows; seeds {seeds}", file=sys.stderr, flush=True)
+    runs = []
+    for seed in seeds:
+        out = Path(a.out) if len(seeds) == 1 else Path(a.out) / f"seed-{seed}"
+        runs.append(train_one(a, spec, train, test, seed, out))
+    if len(seeds) == 1:
+        print(json.dumps({**runs[0], "seconds": round(time.perf_counter() - t0, 1)}))
+        return 0
+    spread = {k: mean_and_spread([r[k] for r in runs]) for k in ("auc", "uauc", "logloss")}
+    for k, v in spread.items():
+        print(f"test {k}: {v['mean']:.4f} +- {v['std']:.4f} over {len(seeds)} seeds", file=sys.stderr)
+    print(json.dumps({"seeds": seeds, "test": spread, "runs": runs, "checkpoints": [r["checkpoint"] for r in runs],
+                      "seconds": round(time.perf_counter() - t0, 1)}))
     return 0
+
+
+def train_one(a: argparse.Namespace, spec, train, test, seed: int, out: Path) -> dict:
+    """Train with ``seed``, save the best checkpoint, its report and learning curves in ``out``."""
+    from ugsep.checkpoint import save_checkpoint
+    from ugsep.model import ModelConfig
+    from ugsep.train import TrainConfig, train_model
+
+    cfg = ModelConfig(arch=a.arch, compensation=a.compensation, d_model=a.d_model, n_user_tokens=a.user_tokens,
+                      n_group_tokens=a.group_tokens, n_layers=a.layers, dropout=a.dropout, fm_dim=a.fm_dim)
+    tcfg = TrainConfig(max_epochs=a.max_epochs, patience=a.patience, monitor=a.monitor, val_share=a.val_share,
+                       eval_every=a.eval_every, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                       seed=seed)
+    result = train_model(spec, cfg, train, tcfg, state_path=out / STATE_FILE, resume=a.resume)
+    extra = {"dataset": a.dataset, "data_dir": a.data_dir, "seed": a.seed, "train_seed": seed,
+             "train_config": tcfg.to_dict()}
+    version = save_checkpoint(result.model.cpu(), out, extra=extra)
+    out_report = report(result.model, test, {"model_version": version, "checkpoint": str(out), "train_seed": seed,
+                                             "training": result.summary()})
+    (out / REPORT_FILE).write_text(json.dumps(out_report, indent=2))
+    draw_curves(result.curve, result.best, out / CURVES_FILE, f"{a.arch} on {a.dataset}, seed {seed}")
+    print(f"saved {out} (epoch {result.best['epoch']:g}); test auc {out_report['auc']:.4f}  "
+          f"uauc {out_report['uauc']:.4f}  logloss {out_report['logloss']:.4f}", file=sys.stderr, flush=True)
+    return out_report
+
+
+STATE_FILE = "train_state.pt"  # the run's state after each evaluation, for --resume
+REPORT_FILE = "train_report.json"
+CURVES_FILE = "learning_curves.png"
+
+
+def draw_curves(curve: list[dict], best: dict, path: Path, title: str) -> None:
+    """Training loss and validation log loss (left), validation AUC and UAUC (right) per epoch,
+    with the kept point marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = [c["epoch"] for c in curve]
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    loss_ax, auc_ax = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.88, wspace=0.25)
+    loss_ax.plot(x, [c["train_loss"] for c in curve], marker="o", label="train loss")
+    loss_ax.plot(x, [c["val_logloss"] for c in curve], marker="o", label="validation log loss")
+    auc_ax.plot(x, [c["val_auc"] for c in curve], marker="o", label="validation AUC")
+    auc_ax.plot(x, [c["val_uauc"] for c in curve], marker="o", label="validation UAUC")
+    for ax in (loss_ax, auc_ax):
+        ax.axvline(best["epoch"], color="grey", linestyle="--", label=f"kept (epoch {best['epoch']:g})")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.savefig(path, format="png")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -133,20 +193,59 @@ def cmd_score_local(a: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct seeds, e.g. 0,1,2")
+    return seeds
+
+
 def register(sub) -> None:
+    from ugsep.config import ModelConfig, TrainConfig  # torch-free: defaults for the help
+
+    model_defaults, train_defaults = ModelConfig(), TrainConfig()
     data = parent(dataset_options)
-    t = sub.add_parser("train", parents=[data], help="train a model and save a checkpoint",
-                       description="Train rankmixer or ugsep; the last stdout line is a JSON report.")
-    t.add_argument("--arch", choices=("rankmixer", "ugsep"), default="ugsep")
-    t.add_argument("--compensation", action=argparse.BooleanOptionalAction, default=True,
+    t = sub.add_parser("train", parents=[data], help="train a model and save its best checkpoint",
+                       description="Train rankmixer or ugsep. Each user's last --val-share of the training "
+                                   "period is the validation split: evaluated every epoch, it picks the weights "
+                                   "kept (early stopping). The test split is read only for the final report, "
+                                   "the last stdout line (JSON). Writes the checkpoint, train_report.json, "
+                                   "learning_curves.png and train_state.pt (for --resume) to --out.")
+    t.add_argument("--out", required=True, help="checkpoint directory to write (with --seeds: one per seed)")
+    m = t.add_argument_group("model")
+    m.add_argument("--arch", choices=("rankmixer", "ugsep"), default="ugsep")
+    m.add_argument("--compensation", action=argparse.BooleanOptionalAction, default=True,
                    help="information compensation for the masked user-item interaction (ugsep)")
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--batch-size", type=int, default=512)
-    t.add_argument("--d-model", type=int, default=64)
-    t.add_argument("--user-tokens", type=int, default=4)
-    t.add_argument("--group-tokens", type=int, default=4)
-    t.add_argument("--layers", type=int, default=2)
-    t.add_argument("--out", required=True, help="checkpoint directory to write")
+    m.add_argument("--d-model", type=int, default=64)
+    m.add_argument("--user-tokens", type=int, default=4)
+    m.add_argument("--group-tokens", type=int, default=4)
+    m.add_argument("--layers", type=int, default=2)
+    m.add_argument("--dropout", type=float, default=model_defaults.dropout,
+                   help="dropout on the FFN and head hidden activations (default %(default)s)")
+    m.add_argument("--fm-dim", type=int, default=model_defaults.fm_dim,
+                   help="factor width of the FM interaction between fields; 0: none (default %(default)s)")
+    o = t.add_argument_group("training")
+    o.add_argument("--max-epochs", "--epochs", type=int, default=train_defaults.max_epochs,
+                   help="upper bound on epochs; early stopping usually ends sooner (default %(default)s)")
+    o.add_argument("--patience", type=int, default=train_defaults.patience,
+                   help="evaluations without improvement before stopping (default %(default)s)")
+    o.add_argument("--monitor", choices=("logloss", "auc"), default=train_defaults.monitor,
+                   help="validation metric that picks the kept weights (default %(default)s)")
+    o.add_argument("--val-share", type=float, default=train_defaults.val_share,
+                   help="each user's last share of training rows, by time, used for validation (default %(default)s)")
+    o.add_argument("--eval-every", type=int, default=0,
+                   help="also evaluate every N steps inside an epoch (default: at epoch ends only)")
+    o.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
+    o.add_argument("--lr", type=float, default=train_defaults.lr, help="peak learning rate (default %(default)s)")
+    o.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay,
+                   help="decoupled weight decay of the weight matrices (default %(default)s)")
+    o.add_argument("--seeds", type=_seed_list, metavar="S,S,...",
+                   help="train once per seed (checkpoints in --out/seed-S) and report mean and spread")
+    o.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from --out/train_state.pt (same settings and data)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", parents=[data], help="evaluate a checkpoint on a dataset's test split",

@@ -51,6 +51,40 @@ def test_train_then_eval_on_movielens_format(tmp_path):
     assert again["auc"] == pytest.approx(report["auc"]) and again["model_version"] == report["model_version"]
 
 
+def test_train_over_seeds_reports_mean_and_spread_with_curves_per_seed(tmp_path):
+    write_movielens_fixture(tmp_path / "ml")
+    out = json.loads(ugsep("train", "--dataset", "movielens-100k", "--data-dir", str(tmp_path / "ml"), "--seeds", "0,1",
+                           "--max-epochs", "2", "--out", str(tmp_path / "ck")).stdout.strip().splitlines()[-1])
+    assert out["seeds"] == [0, 1] and len(out["runs"]) == 2
+    aucs = [r["auc"] for r in out["runs"]]
+    assert out["test"]["auc"]["mean"] == pytest.approx(sum(aucs) / 2)
+    assert out["test"]["auc"]["std"] == pytest.approx(abs(aucs[0] - aucs[1]) / 2 ** 0.5)
+    assert aucs[0] != aucs[1]  # the seeds train different models
+    for seed, run in zip((0, 1), out["runs"], strict=True):
+        d = tmp_path / "ck" / f"seed-{seed}"
+        assert run["checkpoint"] == str(d) and (d / "config.json").exists()
+        assert (d / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        saved = json.loads((d / "train_report.json").read_text())
+        assert saved["training"]["best_epoch"] in (1, 2) and len(saved["training"]["curve"]) == 2
+        assert saved["model_version"] == run["model_version"]
+
+
+def test_resume_continues_a_stopped_cli_run_to_the_same_model(tmp_path):
+    """Two epochs, then resumed to three: the same checkpoint as three epochs in one go."""
+    write_movielens_fixture(tmp_path / "ml")
+    data = ("--dataset", "movielens-100k", "--data-dir", str(tmp_path / "ml"), "--patience", "5")
+    ugsep("train", *data, "--max-epochs", "2", "--out", str(tmp_path / "r"))
+    p = ugsep("train", *data, "--max-epochs", "3", "--resume", "--out", str(tmp_path / "r"))
+    assert "resuming" in p.stderr and "at epoch 3" in p.stderr
+    resumed = json.loads(p.stdout.strip().splitlines()[-1])
+    whole = json.loads(ugsep("train", *data, "--max-epochs", "3", "--out", str(tmp_path / "w")).stdout.strip()
+                       .splitlines()[-1])
+    assert resumed["model_version"] == whole["model_version"]
+    assert resumed["training"]["curve"] == whole["training"]["curve"]
+    p = ugsep("train", *data, "--resume", "--out", str(tmp_path / "none"), check=False)
+    assert p.returncode != 0 and "no training state" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_bad_input_gives_clear_error(tmp_path):
     p = ugsep("eval", "--ckpt", str(tmp_path / "missing"), check=False)
     assert p.returncode == 3 and "missing" in p.stderr and "Traceback" not in p.stderr  # a checkpoint error

@@ -16,12 +16,13 @@ from jobs.evaluate import evaluate_days
 from jobs.importers import import_movielens, movielens_tables, utc_days
 from jobs.run_day import run_day
 from ugsep.checkpoint import load_checkpoint, save_checkpoint
+from ugsep.config import TrainConfig
 from ugsep.data.datasets import load_dataset
 from ugsep.data.movielens import load_movielens
 from ugsep.data.ranking_data import to_tensors
 from ugsep.metrics import auc, logloss, uauc
 from ugsep.model import ModelConfig
-from ugsep.train import TrainConfig, train_model
+from ugsep.train import train_model
 
 pytestmark = pytest.mark.spark
 SMALL = ModelConfig(d_model=32, n_layers=1, head_hidden=32)
@@ -48,7 +49,8 @@ def test_import_run_evaluate_matches_the_model(spark, tmp_path):
     ml = tmp_path / "ml"
     write_movielens_fixture(ml, n_users=30, n_items=40, per_user=20)
     spec, train, _ = load_dataset("movielens-100k", str(ml))
-    model = train_model(spec, SMALL, train, TrainConfig(epochs=1), device=torch.device("cpu"), log=lambda s: None)
+    cpu = torch.device("cpu")
+    model = train_model(spec, SMALL, train, TrainConfig(max_epochs=1), device=cpu, log=lambda s: None).model
     save_checkpoint(model, tmp_path / "ck")
     cfg = JobConfig(warehouse=str(tmp_path / "wh"), model=str(tmp_path / "ck"), users_per_batch=16, partitions=2)
 

@@ -3,6 +3,7 @@
     model, version = ugsep.load_checkpoint(path)
     state = model.encode_users(users)                 # once per user
     logits = model.score_groups(state, items, index)  # per candidate
+    result = ugsep.train_model(spec, ugsep.ModelConfig(), data, ugsep.TrainConfig())  # early-stopped
 
 Quantization lives in ``ugsep.quant``. The names below are imported on first use, so
 ``import ugsep.features`` (numpy only) stays light for Spark code; nothing imports Triton.
@@ -26,7 +27,11 @@ _HOMES = {
     "FeatureSpec": "ugsep.features",
     "Field": "ugsep.features",
     "FieldKind": "ugsep.features",
-    "ModelConfig": "ugsep.model",
+    "ModelConfig": "ugsep.config",
+    "TrainConfig": "ugsep.config",
+    "TrainResult": "ugsep.train",
+    "train_model": "ugsep.train",
+    "fit": "ugsep.train",
     "RankingModel": "ugsep.model",
     "SplitInferenceError": "ugsep.model",
     "StateLayout": "ugsep.state",
@@ -45,11 +50,15 @@ __all__ = [
     "RankingModel",
     "SplitInferenceError",
     "StateLayout",
+    "TrainConfig",
+    "TrainResult",
     "UserState",
     "checkpoint_info",
+    "fit",
     "load_checkpoint",
     "read_spec",
     "save_checkpoint",
+    "train_model",
     "verify_checkpoint",
 ]
 
@@ -63,10 +72,12 @@ if TYPE_CHECKING:
         save_checkpoint,
         verify_checkpoint,
     )
+    from ugsep.config import ModelConfig, TrainConfig
     from ugsep.features import DensePolicy, FeatureSpec, Field, FieldKind
     from ugsep.kernels import Backend
-    from ugsep.model import ModelConfig, RankingModel, SplitInferenceError
+    from ugsep.model import RankingModel, SplitInferenceError
     from ugsep.state import StateLayout, UserState
+    from ugsep.train import TrainResult, fit, train_model
 
 
 def __getattr__(name: str) -> Any:

@@ -32,7 +32,7 @@ def score_groups_fused(model: nn.Module, state: UserState, items: dict[str, Tens
                             fp8=_takes_fp8(blk.ffn.fc1))
         y = _ffn(blk, s, s_fp8, fp8_quantize_rows)
         g = add_norm(y, s, blk.norm2)  # (T_g, N, D)
-    return model.head(g, None if state.pooled is None else state.pooled[user_index], token_dim=0)
+    return model.output(g, *state.per_candidate(user_index), items, token_dim=0)
 
 
 def _ffn(blk: nn.Module, s: Tensor, s_fp8: tuple[Tensor, Tensor] | None, fp8_quantize_rows) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -13,9 +14,9 @@ class Head(nn.Sequential):
     precomputes once per user. A Sequential so the weights keep their names (head.0, head.2).
     """
 
-    def __init__(self, d_model: int, hidden: int, pool: str, n_tokens: int) -> None:
+    def __init__(self, d_model: int, hidden: int, pool: str, n_tokens: int, dropout: float = 0.0) -> None:
         super().__init__(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        self.pool, self.n_tokens = pool, n_tokens
+        self.pool, self.n_tokens, self.dropout = pool, n_tokens, dropout
 
     def user_sum(self, user_tokens: Tensor) -> Tensor | None:
         """What the head needs from the final user tokens (B, T_u, D): their sum (B, D) under
@@ -28,7 +29,8 @@ class Head(nn.Sequential):
             pooled = group_tokens.mean(token_dim)  # (N, D)
         else:
             pooled = (group_tokens.sum(token_dim) + user_sum) / self.n_tokens  # (N, D)
-        return super().forward(pooled).squeeze(-1)
+        hidden = F.dropout(self[1](self[0](pooled)), self.dropout, self.training)  # dropout: training only
+        return self[2](hidden).squeeze(-1)
 
     def flops(self) -> int:
         """Matmul FLOPs per candidate."""

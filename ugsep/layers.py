@@ -50,13 +50,15 @@ def per_position_addmm(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
 class PerTokenFFN(nn.Module):
     """RankMixer's per-token FFN: token t has its own W1_t (D x kD) and W2_t (kD x D)."""
 
-    def __init__(self, n_tokens: int, d_model: int, mult: int) -> None:
+    def __init__(self, n_tokens: int, d_model: int, mult: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.fc1 = PerTokenLinear(n_tokens, d_model, mult * d_model)
         self.fc2 = PerTokenLinear(n_tokens, mult * d_model, d_model)
+        self.dropout = dropout  # on the hidden activations, training only
 
     def forward(self, x: Tensor, positions: slice = slice(None)) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x, positions)), positions)
+        h = F.dropout(F.gelu(self.fc1(x, positions)), self.dropout, self.training)
+        return self.fc2(h, positions)
 
     def flops_per_token(self) -> int:
         hidden, d = self.fc1.bias.shape[1], self.fc2.bias.shape[1]  # biases survive quantization

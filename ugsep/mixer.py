@@ -66,13 +66,14 @@ class TokenMixerBlock(nn.Module):
         ffn_mult: int,
         separated: bool,
         comp_rank: int = 0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.n_user, self.n_group = n_user, n_group
         self.n_tokens = n_user + n_group
         self.head_dim = d_model // self.n_tokens
         self.separated = separated
-        self.ffn = PerTokenFFN(self.n_tokens, d_model, ffn_mult)
+        self.ffn = PerTokenFFN(self.n_tokens, d_model, ffn_mult, dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.comp = Compensation(n_user, n_group, d_model, comp_rank) if comp_rank else None

@@ -8,55 +8,18 @@ of candidates per user from that state.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import Tensor, nn
 
-from ugsep.features import FeatureSpec, at_least, check_fields, one_of
+from ugsep.config import ARCHS, POOLS, ModelConfig  # noqa: F401  (ModelConfig is part of this module's API)
+from ugsep.features import FeatureSpec
+from ugsep.fm import SideFM, fm_logit
 from ugsep.fused_groups import score_groups_fused
 from ugsep.head import Head
 from ugsep.kernels import Backend, resolve_backend
 from ugsep.mixer import TokenMixerBlock
 from ugsep.state import StateLayout, UserState
 from ugsep.tokenizer import Tokenizer
-
-ARCHS = ("rankmixer", "ugsep")
-POOLS = ("group", "all")
-
-
-@dataclass
-class ModelConfig:
-    """Every field is checked against its type (exactly: a bool is not an int) and the range its
-    metadata declares (``ugsep.features.check_fields``); errors name the field."""
-
-    arch: str = one_of(ARCHS, "ugsep")  # "rankmixer" (baseline) or "ugsep" (separated)
-    d_model: int = at_least(1, 64)  # token width D; must be divisible by T = n_user_tokens + n_group_tokens
-    n_user_tokens: int = at_least(1, 4)  # T_u; the paper's main setting is U:G = 1:1
-    n_group_tokens: int = at_least(1, 4)  # T_g
-    n_layers: int = at_least(1, 2)  # RankMixer's 100M/1B configs use 2
-    ffn_mult: int = at_least(1, 4)  # per-token FFN expansion k
-    compensation: bool = True  # information compensation (ugsep only)
-    comp_rank: int = at_least(0, 0)  # rank of the compensation map; 0 means d_model
-    pool: str = one_of(POOLS, "group")  # head pools "group" tokens or "all" tokens
-    head_hidden: int = at_least(1, 64)  # hidden width of the head MLP
-
-    def __post_init__(self) -> None:
-        check_fields(self)  # types and ranges, arch and pool among them, before any arithmetic
-        t = self.n_user_tokens + self.n_group_tokens
-        if self.d_model % t:
-            raise ValueError(f"d_model={self.d_model} must be divisible by T={t} (mixing heads)")
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n_user_tokens + self.n_group_tokens
-
-    @property
-    def uses_compensation(self) -> bool:
-        return self.arch == "ugsep" and self.compensation
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class SplitInferenceError(RuntimeError):
@@ -80,10 +43,12 @@ class RankingModel(nn.Module):
         self.item_tokenizer = Tokenizer(spec.candidate_fields, tg, d, spec.dense_policy)
         rank = (cfg.comp_rank or d) if cfg.uses_compensation else 0
         self.blocks = nn.ModuleList(
-            TokenMixerBlock(tu, tg, d, cfg.ffn_mult, cfg.arch == "ugsep", rank)
+            TokenMixerBlock(tu, tg, d, cfg.ffn_mult, cfg.arch == "ugsep", rank, cfg.dropout)
             for _ in range(cfg.n_layers)
         )
-        self.head = Head(d, cfg.head_hidden, cfg.pool, cfg.n_tokens)
+        self.head = Head(d, cfg.head_hidden, cfg.pool, cfg.n_tokens, cfg.dropout)
+        self.user_fm = SideFM(spec.user_fields, cfg.fm_dim) if cfg.fm_dim else None
+        self.item_fm = SideFM(spec.candidate_fields, cfg.fm_dim) if cfg.fm_dim else None
         self.use_kernels(Backend.AUTO)
 
     # --- full forward: the reference ---
@@ -94,7 +59,15 @@ class RankingModel(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         tu = self.cfg.n_user_tokens
-        return self.head(x[:, tu:], self.head.user_sum(x[:, :tu]))
+        user_fm = self.user_fm(users)[user_index] if self.user_fm is not None else None
+        return self.output(x[:, tu:], self.head.user_sum(x[:, :tu]), user_fm, items)
+
+    def output(self, group_tokens: Tensor, user_sum: Tensor | None, user_fm: Tensor | None,
+               items: dict[str, Tensor], token_dim: int = 1) -> Tensor:
+        """Logits (N,): the head over the final group tokens, plus the FM term where configured
+        (``user_fm``: the user's FM part gathered per candidate)."""
+        logit = self.head(group_tokens, user_sum, token_dim)
+        return logit if self.item_fm is None else logit + fm_logit(user_fm, self.item_fm(items))
 
     # --- split inference ---
     @property
@@ -102,7 +75,7 @@ class RankingModel(nn.Module):
         c = self.cfg
         return StateLayout(
             c.n_layers, c.n_user_tokens, c.n_group_tokens, c.d_model,
-            has_comp=c.uses_compensation, has_pooled=c.pool == "all",
+            has_comp=c.uses_compensation, has_pooled=c.pool == "all", fm_width=c.fm_dim + 1 if c.fm_dim else 0,
         )
 
     def encode_users(self, users: dict[str, Tensor]) -> UserState:
@@ -118,6 +91,7 @@ class RankingModel(nn.Module):
             heads=torch.stack(heads, dim=1),  # (B_u, L, T_u, T_g, d)
             comp=torch.stack(comps, dim=1) if self.cfg.uses_compensation else None,
             pooled=self.head.user_sum(u),
+            fm=self.user_fm(users) if self.user_fm is not None else None,  # (B_u, k + 1)
         )
 
     def score_groups(self, state: UserState, items: dict[str, Tensor], user_index: Tensor) -> Tensor:
@@ -134,7 +108,7 @@ class RankingModel(nn.Module):
         comp = state.comp[user_index] if state.comp is not None else None
         for i, blk in enumerate(self.blocks):
             g = blk.group_step(g, heads[:, i], None if comp is None else comp[:, i])
-        return self.head(g, None if state.pooled is None else state.pooled[user_index])
+        return self.output(g, *state.per_candidate(user_index), items)
 
     def score(self, users: dict[str, Tensor], items: dict[str, Tensor], user_index: Tensor) -> Tensor:
         """The fastest exact path: split for ugsep, full forward for rankmixer."""
@@ -183,6 +157,6 @@ class RankingModel(nn.Module):
         comp = sum(b.comp.flops() for b in self.blocks if b.comp is not None)
         user = self.user_tokenizer.flops() + c.n_layers * c.n_user_tokens * ffn + comp
         item = self.item_tokenizer.flops() + c.n_layers * c.n_group_tokens * ffn
-        head = self.head.flops()
+        head = self.head.flops() + (2 * self.cfg.fm_dim if self.cfg.fm_dim else 0)
         per_user_share = 1.0 / candidates_per_user if c.arch == "ugsep" else 1.0
         return user * per_user_share + item + head

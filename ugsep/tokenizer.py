@@ -40,13 +40,19 @@ class FieldEmbedder(nn.Module):
         parts = []
         for name, kind, buckets in self.plan:
             x = _get(batch, name)
-            if kind == FieldKind.CATEGORICAL:
-                parts.append(self.tables[name](torch.remainder(x.long(), buckets)))
-            elif kind == FieldKind.MULTI:
-                parts.append(_mean_pool(self.tables[name], x.long(), buckets))
-            else:
+            if kind == FieldKind.DENSE:
                 parts.append(_dense(x).unsqueeze(-1))
+            else:
+                parts.append(embed_ids(self.tables[name], kind, buckets, x))
         return torch.cat(parts, dim=-1)
+
+
+def embed_ids(table: nn.Embedding, kind: FieldKind, buckets: int, x: Tensor) -> Tensor:
+    """A categorical (B,) or multi (B, L) field's ids -> (B, dim): hashed into ``buckets`` by
+    modulo; a multi field's embeddings mean-pooled over its valid entries."""
+    if kind == FieldKind.CATEGORICAL:
+        return table(torch.remainder(x.long(), buckets))
+    return _mean_pool(table, x.long(), buckets)
 
 
 def _mean_pool(table: nn.Embedding, ids: Tensor, buckets: int) -> Tensor:

@@ -1,11 +1,17 @@
-"""Named datasets for train/eval: (feature spec, train split, test split)."""
+"""Named datasets for train/eval: (feature spec, train split, test split).
+
+The test split is each user's last share of candidates: by rating time for MovieLens (its last
+20%), by a seeded random order for the synthetic day (which has no event time). Training carves
+its validation split out of the train split by the same rule (``ugsep.train``), so the
+validation rows are never test rows.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ugsep.data.movielens import load_movielens, movielens_spec
-from ugsep.data.ranking_data import RankingData
+from ugsep.data.movielens import TEST_SHARE, load_movielens, movielens_spec
+from ugsep.data.ranking_data import RankingData, split_last_share
 from ugsep.data.synthetic import synthetic_dataset, synthetic_spec
 from ugsep.features import FeatureSpec
 
@@ -18,13 +24,11 @@ def load_dataset(
 ) -> tuple[FeatureSpec, RankingData, RankingData]:
     if name == "synthetic":
         data = synthetic_dataset(SYNTHETIC_USERS, seed=seed, max_cands=1000)
-        test = np.random.default_rng(seed + 1).random(len(data)) < 0.2
-        spec = synthetic_spec()
-    elif name == "movielens-100k":
+        train, test = split_last_share(data, TEST_SHARE, seed + 1)
+        return synthetic_spec(), train, test
+    if name == "movielens-100k":
         if not data_dir:
             raise ValueError("--data-dir is required for movielens-100k (the folder with u.data)")
         data, test = load_movielens(data_dir)
-        spec = movielens_spec()
-    else:
-        raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
-    return spec, data.take(np.flatnonzero(~test)), data.take(np.flatnonzero(test))
+        return movielens_spec(), data.take(np.flatnonzero(~test)), data.take(np.flatnonzero(test))
+    raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")

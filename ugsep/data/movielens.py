@@ -19,10 +19,11 @@ import numpy as np
 import pyarrow as pa
 
 from ugsep.data.arrow_columns import arrow_columns, field_columns
-from ugsep.data.ranking_data import Columns, RankingData
+from ugsep.data.ranking_data import Columns, RankingData, last_share_per_user
 from ugsep.features import FeatureSpec, Field, stable_id
 
 N_GENRES = 19
+TEST_SHARE = 0.2  # each user's last 20% of ratings by time are the test split
 AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
 
 # (file, field separator, fields a line has, positions of the integer fields)
@@ -144,8 +145,9 @@ def load_movielens(data_dir: str | Path) -> tuple[RankingData, np.ndarray]:
                "genres": items["genres"][item_pos]},
         user_row=user_pos,
         label=rating_labels(ratings[:, 2]),
+        time=ratings[:, 3],
     )
-    return data, _last_fraction_by_time(ratings[:, 0], ratings[:, 3], ratings[:, 1], 0.2)
+    return data, last_share_per_user(ratings[:, 0], (ratings[:, 3], ratings[:, 1]), TEST_SHARE)
 
 
 def rating_labels(rating: np.ndarray) -> np.ndarray:
@@ -170,16 +172,3 @@ def _check_references(files: MovieLensFiles, d: Path) -> None:
             i = int(missing[0])
             raise ValueError(f"{d / 'u.data'}, line {files.lines['u.data'][i]}: {what} {int(files.ratings[i, col])} "
                              f"is missing from u.{what} ({len(missing)} such ratings)")
-
-
-def _last_fraction_by_time(user: np.ndarray, ts: np.ndarray, item: np.ndarray, frac: float) -> np.ndarray:
-    order = np.lexsort((item, ts, user))  # by user, then time, then item id
-    u = user[order]
-    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
-    counts = np.diff(np.r_[starts, len(u)])
-    rank = np.arange(len(u)) - np.repeat(starts, counts)  # position within the user
-    n_test = np.floor(counts * frac + 0.5).astype(np.int64)
-    test = np.zeros(len(u), dtype=bool)
-    test[order] = rank >= np.repeat(counts - n_test, counts)
-    return test
-

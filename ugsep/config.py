@@ -1,0 +1,84 @@
+"""The model's and the trainer's settings: one dataclass each, torch-free (the CLI reads their
+defaults for its help without importing torch). Every field is checked against its type and the
+range its metadata declares (``ugsep.features.check_fields``); errors name the field."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ugsep.features import at_least, check_fields, one_of
+
+ARCHS = ("rankmixer", "ugsep")
+POOLS = ("group", "all")
+
+
+@dataclass
+class ModelConfig:
+    """Every field is checked against its type (exactly: a bool is not an int) and the range its
+    metadata declares (``ugsep.features.check_fields``); errors name the field."""
+
+    arch: str = one_of(ARCHS, "ugsep")  # "rankmixer" (baseline) or "ugsep" (separated)
+    d_model: int = at_least(1, 64)  # token width D; must be divisible by T = n_user_tokens + n_group_tokens
+    n_user_tokens: int = at_least(1, 4)  # T_u; the paper's main setting is U:G = 1:1
+    n_group_tokens: int = at_least(1, 4)  # T_g
+    n_layers: int = at_least(1, 2)  # RankMixer's 100M/1B configs use 2
+    ffn_mult: int = at_least(1, 4)  # per-token FFN expansion k
+    compensation: bool = True  # information compensation (ugsep only)
+    comp_rank: int = at_least(0, 0)  # rank of the compensation map; 0 means d_model
+    pool: str = one_of(POOLS, "group")  # head pools "group" tokens or "all" tokens
+    head_hidden: int = at_least(1, 64)  # hidden width of the head MLP
+    dropout: float = at_least(0.0, 0.0)  # on the FFN and head hidden activations, training only
+    fm_dim: int = at_least(0, 0)  # factor width of the FM interaction added to the logit (ugsep.fm); 0: none
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges, arch and pool among them, before any arithmetic
+        t = self.n_user_tokens + self.n_group_tokens
+        if self.d_model % t:
+            raise ValueError(f"d_model={self.d_model} must be divisible by T={t} (mixing heads)")
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_user_tokens + self.n_group_tokens
+
+    @property
+    def uses_compensation(self) -> bool:
+        return self.arch == "ugsep" and self.compensation
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+MONITORS = ("logloss", "auc")
+
+
+@dataclass
+class TrainConfig:
+    """How to train; every field is checked (``check_fields``), errors name the field."""
+
+    max_epochs: int = at_least(1, 20)  # an upper bound: early stopping picks the epoch
+    patience: int = at_least(1, 2)  # evaluations without improvement before stopping
+    monitor: str = one_of(MONITORS, "logloss")  # what "best" means on the validation split
+    val_share: float = 0.1  # each user's last share of the training period, by time
+    eval_every: int = at_least(0, 0)  # steps between evaluations inside an epoch; 0: at epoch ends
+    batch_size: int = at_least(1, 512)  # candidates per step
+    lr: float = at_least(0.0, 2e-3)  # peak learning rate of the dense weights (AdamW)
+    embedding_lr: float = at_least(0.0, 0.0)  # of the embedding tables; 0: the same as lr
+    weight_decay: float = at_least(0.0, 1e-2)  # decoupled, on weight matrices only (no biases, norms)
+    embedding_decay: float = at_least(0.0, 0.0)  # decoupled decay of the embedding tables
+    warmup_steps: int = at_least(0, 100)  # linear warm-up from 0 to lr
+    lr_decay: float = 1.0  # learning rate multiplied by this per epoch (smoothly, per step)
+    grad_clip: float = at_least(0.0, 1.0)  # max global gradient norm; 0: no clipping
+    seed: int = 0  # model init, batch order and dropout
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not 0 < self.val_share < 1:
+            raise ValueError(f"TrainConfig: val_share = {self.val_share} is not between 0 and 1")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"TrainConfig: lr_decay = {self.lr_decay} is not in (0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
