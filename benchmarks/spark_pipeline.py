@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 import torch
+from split_vs_full import MIXER_ONLY  # noqa: E402  (benchmarks/ is the script's folder)
 
 from jobs.baseline import run_baseline
 from jobs.config import JobConfig, spark_conf_pairs
@@ -117,7 +118,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="ugsep-bench-")
     torch.manual_seed(0)
     spec = synthetic_spec()
-    dims = dict(d_model=a.d_model, n_user_tokens=a.tokens, n_group_tokens=a.tokens)
+    dims = dict(d_model=a.d_model, n_user_tokens=a.tokens, n_group_tokens=a.tokens, **MIXER_ONLY)
     for arch in ("ugsep", "rankmixer"):
         save_checkpoint(RankingModel(spec, ModelConfig(arch=arch, compensation=False, **dims)), f"{work}/{arch}")
     cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/ugsep", users_per_batch=a.users_per_batch,

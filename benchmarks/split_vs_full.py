@@ -21,8 +21,10 @@ from ugsep.data.ranking_data import to_tensors
 from ugsep.data.synthetic import generate_day, synthetic_spec
 from ugsep.model import ModelConfig, RankingModel
 
-SMALL = dict(d_model=128, n_user_tokens=8, n_group_tokens=8, n_layers=2)
-LARGE = dict(d_model=768, n_user_tokens=8, n_group_tokens=8, n_layers=2)  # RankMixer-100M width
+# The token mixer alone: no FM term, group-token pooling (the speed numbers in docs/performance.md).
+MIXER_ONLY = dict(pool="group", fm_dim=0)
+SMALL = dict(d_model=128, n_user_tokens=8, n_group_tokens=8, n_layers=2, **MIXER_ONLY)
+LARGE = dict(d_model=768, n_user_tokens=8, n_group_tokens=8, n_layers=2, **MIXER_ONLY)  # RankMixer-100M width
 
 
 def make_inputs(n_users: int, per_user: int, device) -> tuple[dict, dict, torch.Tensor]:

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import torch
+from split_vs_full import MIXER_ONLY  # noqa: E402  (benchmarks/ is the script's folder)
 
 from jobs.score_stream import user_rows_batch
 from jobs.workers import cached_model, encode_user_batches, score_user_rows
@@ -26,8 +27,8 @@ from ugsep.data.ranking_data import to_tensors
 from ugsep.data.synthetic import generate_day, synthetic_spec
 from ugsep.model import ModelConfig, RankingModel
 
-LARGE = dict(d_model=768, n_user_tokens=8, n_group_tokens=8, n_layers=2)
-SMALL = dict(d_model=64, n_user_tokens=4, n_group_tokens=4, n_layers=2)
+LARGE = dict(d_model=768, n_user_tokens=8, n_group_tokens=8, n_layers=2, **MIXER_ONLY)
+SMALL = dict(d_model=64, n_user_tokens=4, n_group_tokens=4, n_layers=2, **MIXER_ONLY)
 
 
 def sync(device: str) -> None:

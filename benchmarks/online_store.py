@@ -5,7 +5,7 @@ redis-server is installed) a Redis one started here. Online scoring of 1 user x 
 candidates from the stored state is compared with computing the user side from the user's
 features in the same run (the path a scorer without precomputed state takes).
 
-    python benchmarks/feature_store.py [--users 5000] [--json]
+    python benchmarks/online_store.py [--users 5000] [--json]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import torch
+from split_vs_full import MIXER_ONLY  # noqa: E402  (benchmarks/ is the script's folder)
 
 from feature_store.online_write import write_arrow
 from feature_store.store import feature_store
@@ -91,8 +92,9 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="ugsep-fs-")
     torch.manual_seed(0)
-    save_checkpoint(RankingModel(synthetic_spec(), ModelConfig(d_model=a.d_model, n_user_tokens=4,
-                                                                n_group_tokens=4)).eval(), f"{work}/model")
+    model = RankingModel(synthetic_spec(), ModelConfig(d_model=a.d_model, n_user_tokens=4, n_group_tokens=4,
+                                                       **MIXER_ONLY))
+    save_checkpoint(model.eval(), f"{work}/model")
     cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/model")
     spark = build_spark("ugsep-fs-bench")
     generate_tables(spark, cfg, DS, a.users, mean_cands=5)

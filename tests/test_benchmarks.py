@@ -1,0 +1,18 @@
+"""Every benchmark script starts as documented (``python benchmarks/NAME.py``): its imports resolve
+from the script's folder (a module there must not shadow a package) and it has a --help."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = sorted(p for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py") if p.name != "baselines.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_the_benchmark_starts_and_has_help(script):
+    p = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120,
+                       cwd=script.parents[1])
+    assert p.returncode == 0, p.stderr
+    assert "usage:" in p.stdout
