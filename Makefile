@@ -38,7 +38,7 @@ redis: java  ## Redis for the online-store tests (after java: one apt at a time)
 	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server) || echo "redis-server could not be installed"; }
 
 demo: setup  ## train a small model (or reuse it), then generate a day and run both Spark stages
-	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --epochs 2 --out $(RUNS)/model
+	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --max-epochs 3 --out $(RUNS)/model
 	$(BIN)/ugsep demo --ds $(DEMO_DS) --users 2000 --config job.toml
 
 test:  ## set up (the two venvs in parallel), lint, run every test

@@ -13,10 +13,17 @@ from cli.common import dataset_options, parent
 
 def report(model, test, extra: dict) -> dict:
     """The JSON report of train and eval: quality on the test split, size and cost."""
+    import numpy as np
+
+    from ugsep.features import PAD_ID
     from ugsep.train import evaluate
 
-    cands_per_user = len(test) / max(test.n_users, 1)
+    cands_per_user = len(test) / max(len(np.unique(test.user_ids())), 1)
     out = evaluate(model, test)
+    seq = model.spec.sequence_fields
+    if seq:
+        out["seq_len_mean"] = round(float((test.users[seq[0].name][test.user_row] != PAD_ID).sum(1).mean()), 2)
+    out["state_bytes_per_user"] = model.state_layout.width * 4 if model.cfg.separated else None  # float32
     out.update(
         params=model.num_params(),
         flops_per_candidate=round(model.flops_per_candidate(cands_per_user)),
@@ -37,7 +44,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     from ugsep.train import mean_and_spread
 
     t0 = time.perf_counter()
-    spec, train, test = load_dataset(a.dataset, a.data_dir, a.seed)
+    sequences = a.arch == "hyformer" if a.sequences is None else a.sequences
+    spec, train, test = load_dataset(a.dataset, a.data_dir, a.seed, sequences=sequences, seq_len=a.seq_len)
     seeds = a.seeds or [a.seed]
     print(f"training {a.arch} on {a.dataset}: {len(train):,} training rows ({train.n_users:,} users), "
           f"{len(test):,} test rows; seeds {seeds}", file=sys.stderr, flush=True)
@@ -63,7 +71,8 @@ def train_one(a: argparse.Namespace, spec, train, test, seed: int, out: Path) ->
     from ugsep.train import TrainConfig, train_model
 
     cfg = ModelConfig(arch=a.arch, compensation=a.compensation, d_model=a.d_model, n_user_tokens=a.user_tokens,
-                      n_group_tokens=a.group_tokens, n_layers=a.layers, dropout=a.dropout, fm_dim=a.fm_dim)
+                      n_group_tokens=a.group_tokens, n_layers=a.layers, dropout=a.dropout, fm_dim=a.fm_dim,
+                      seq_encoder=a.seq_encoder)
     tcfg = TrainConfig(max_epochs=a.max_epochs, patience=a.patience, monitor=a.monitor, val_share=a.val_share,
                        eval_every=a.eval_every, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                        seed=seed)
@@ -113,9 +122,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from ugsep.data.datasets import load_dataset
 
     model, version = load_checkpoint(a.ckpt)
-    _, _, test = load_dataset(a.dataset, a.data_dir, a.seed)
+    _, _, test = load_dataset(a.dataset, a.data_dir, a.seed, **sequence_options(model.spec))
     print(json.dumps(report(model, test, {"model_version": version})))
     return 0
+
+
+def sequence_options(spec) -> dict:
+    """load_dataset's arguments for the data a model reads: with its sequences, of its length."""
+    return {"sequences": bool(spec.sequence_fields), "seq_len": spec.sequence_len or 50}
 
 
 def quantize_checkpoint(ckpt: str, out: str, mode: str, dataset: str | None = None, data_dir: str | None = None,
@@ -151,7 +165,7 @@ def calibration_rows(spec, dataset: str, data_dir: str | None, rows: int, seed: 
     from ugsep.data.datasets import load_dataset
     from ugsep.data.ranking_data import batch_tensors
 
-    _, train, _ = load_dataset(dataset, data_dir, seed)
+    _, train, _ = load_dataset(dataset, data_dir, seed, **sequence_options(spec))
     missing = ([f.name for f in spec.user_fields if f.name not in train.users]
                + [f.name for f in spec.candidate_fields if f.name not in train.items])
     if missing:
@@ -216,7 +230,8 @@ def register(sub) -> None:
                                    "learning_curves.png and train_state.pt (for --resume) to --out.")
     t.add_argument("--out", required=True, help="checkpoint directory to write (with --seeds: one per seed)")
     m = t.add_argument_group("model")
-    m.add_argument("--arch", choices=("rankmixer", "ugsep"), default="ugsep")
+    m.add_argument("--arch", choices=("rankmixer", "ugsep", "hyformer"), default="ugsep",
+                   help="hyformer reads behaviour sequences; rankmixer and ugsep ignore them (default %(default)s)")
     m.add_argument("--compensation", action=argparse.BooleanOptionalAction, default=True,
                    help="information compensation for the masked user-item interaction (ugsep)")
     m.add_argument("--d-model", type=int, default=64)
@@ -225,6 +240,11 @@ def register(sub) -> None:
     m.add_argument("--layers", type=int, default=2)
     m.add_argument("--dropout", type=float, default=model_defaults.dropout,
                    help="dropout on the FFN and head hidden activations (default %(default)s)")
+    m.add_argument("--seq-encoder", choices=("swiglu", "attention"), default=model_defaults.seq_encoder,
+                   help="hyformer's sequence encoder: per-event SwiGLU or causal self-attention (default %(default)s)")
+    m.add_argument("--sequences", action=argparse.BooleanOptionalAction, default=None,
+                   help="load the dataset with behaviour sequences (default: only for hyformer)")
+    m.add_argument("--seq-len", type=int, default=50, help="events kept per user history (default %(default)s)")
     m.add_argument("--fm-dim", type=int, default=model_defaults.fm_dim,
                    help="factor width of the FM interaction between fields; 0: none (default %(default)s)")
     o = t.add_argument_group("training")

@@ -138,14 +138,14 @@ BAD_CONFIGS = {
     "n_layers bool": (_set("model", "n_layers", True), "model.n_layers = True is not an integer >= 1"),
     "d_model quoted": (_set("model", "d_model", "64"), "model.d_model = '64' is not an integer >= 1"),
     "compensation text": (_set("model", "compensation", "yes"), "model.compensation = 'yes' is not a boolean"),
-    "arch": (_set("model", "arch", "dlrm"), "model.arch = 'dlrm' is not one of ['rankmixer', 'ugsep']"),
+    "arch": (_set("model", "arch", "dlrm"), "model.arch = 'dlrm' is not one of ['rankmixer', 'ugsep', 'hyformer']"),
     "not divisible": (_set("model", "d_model", 30), "model: d_model=30 must be divisible by T=8"),
     "unknown top-level key": (_set("modle", {}), "unknown key 'modle' at the top level; known keys are "
                               "['extra', 'feature_spec', 'format', 'model', 'model_version', 'quantization']"),
     "unknown model key": (_set("model", "d_modle", 64), "unknown key 'd_modle' in model; known keys are ['arch', "),
     "unknown field key": (_set("feature_spec", "user_fields", 2, "colour", "red"),
                           "unknown key 'colour' in feature_spec.user_fields[2]; known keys are "
-                          "['buckets', 'dim', 'kind', 'max_len', 'name']"),
+                          "['buckets', 'dim', 'kind', 'max_len', 'name', 'shares']"),
     "missing field key": (lambda m: m["feature_spec"]["item_fields"][0].pop("name"),
                           "missing key 'name' in feature_spec.item_fields[0]"),
     "buckets 0": (_set("feature_spec", "user_fields", 2, "buckets", 0),

@@ -196,6 +196,7 @@ def _parse(cls: type, raw: Any, where: str, path: Path) -> Any:
         raise fail(f"{where} = {raw!r} is not an object")
     known = sorted(f.name for f in fields(cls))
     unknown = sorted(set(raw) - set(known))
+    raw = {**getattr(cls, "ABSENT_MEANS", {}), **raw}  # keys newer than the file: their old meaning
     if unknown:
         keys = f"key {unknown[0]!r}" if len(unknown) == 1 else f"keys {unknown}"
         raise fail(f"unknown {keys} {at}; known keys are {known}")

@@ -5,11 +5,13 @@ range its metadata declares (``ugsep.features.check_fields``); errors name the f
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ugsep.features import at_least, check_fields, one_of
 
-ARCHS = ("rankmixer", "ugsep")
+ARCHS = ("rankmixer", "ugsep", "hyformer")
+SEQ_ENCODERS = ("swiglu", "attention")
+HYFORMER_KEYS = ("n_user_queries", "n_group_queries", "seq_encoder", "n_heads")
 POOLS = ("group", "all")
 
 
@@ -18,7 +20,7 @@ class ModelConfig:
     """Every field is checked against its type (exactly: a bool is not an int) and the range its
     metadata declares (``ugsep.features.check_fields``); errors name the field."""
 
-    arch: str = one_of(ARCHS, "ugsep")  # "rankmixer" (baseline) or "ugsep" (separated)
+    arch: str = one_of(ARCHS, "ugsep")  # "rankmixer" (baseline), "ugsep" (separated), "hyformer" (+ sequences)
     d_model: int = at_least(1, 64)  # token width D; must be divisible by T = n_user_tokens + n_group_tokens
     n_user_tokens: int = at_least(1, 4)  # T_u; the paper's main setting is U:G = 1:1
     n_group_tokens: int = at_least(1, 4)  # T_g
@@ -30,23 +32,53 @@ class ModelConfig:
     head_hidden: int = at_least(1, 64)  # hidden width of the head MLP
     dropout: float = at_least(0.0, 0.0)  # on the FFN and head hidden activations, training only
     fm_dim: int = at_least(0, 0)  # factor width of the FM interaction added to the logit (ugsep.fm); 0: none
+    # hyformer only (ugsep.sequence): query tokens, the sequence encoder, decoding heads
+    n_user_queries: int = at_least(1, 4)  # queries from user-only inputs: user positions, once per user
+    n_group_queries: int = at_least(1, 4)  # queries that read the candidate: group positions (T = 16 by default)
+    seq_encoder: str = one_of(SEQ_ENCODERS, "swiglu")  # per-position SwiGLU or causal self-attention
+    n_heads: int = at_least(1, 4)  # heads of query decoding (and of the attention encoder)
+
+    # Keys added after checkpoints were first written: absent from a saved config, a key means
+    # this value, the behaviour before it existed (not the current default, the training recipe).
+    ABSENT_MEANS: ClassVar[dict[str, Any]] = {"dropout": 0.0, "fm_dim": 0}
 
     def __post_init__(self) -> None:
         check_fields(self)  # types and ranges, arch and pool among them, before any arithmetic
-        t = self.n_user_tokens + self.n_group_tokens
+        t = self.n_tokens
         if self.d_model % t:
-            raise ValueError(f"d_model={self.d_model} must be divisible by T={t} (mixing heads)")
+            raise ValueError(f"d_model={self.d_model} must be divisible by T={t} (mixing heads)"
+                             + (" (hyformer: T counts the query tokens)" if self.arch == "hyformer" else ""))
+        if self.arch == "hyformer" and self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+
+    @property
+    def n_user_positions(self) -> int:
+        """Token positions that are user-only: user tokens, and hyformer's user queries first."""
+        return self.n_user_tokens + (self.n_user_queries if self.arch == "hyformer" else 0)
+
+    @property
+    def n_group_positions(self) -> int:
+        return self.n_group_tokens + (self.n_group_queries if self.arch == "hyformer" else 0)
 
     @property
     def n_tokens(self) -> int:
-        return self.n_user_tokens + self.n_group_tokens
+        return self.n_user_positions + self.n_group_positions
+
+    @property
+    def separated(self) -> bool:
+        """Whether the user positions are user-only (the UG-Sep mask): ugsep and hyformer."""
+        return self.arch != "rankmixer"
 
     @property
     def uses_compensation(self) -> bool:
-        return self.arch == "ugsep" and self.compensation
+        return self.separated and self.compensation
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The saved form: keys at their ``ABSENT_MEANS`` value and, outside hyformer, the
+        hyformer keys are left out, so an older model's config (and model_version) is unchanged."""
+        absent = self.ABSENT_MEANS
+        d = {k: v for k, v in asdict(self).items() if k not in absent or v != absent[k]}
+        return d if self.arch == "hyformer" else {k: v for k, v in d.items() if k not in HYFORMER_KEYS}
 
 
 MONITORS = ("logloss", "auc")

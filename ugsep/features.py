@@ -6,9 +6,15 @@ A batch is a plain ``dict[str, Tensor]`` keyed by field name:
 - multi: int64 ``(B, max_len)`` raw ids padded with ``PAD_ID``; embeddings are mean-pooled
   over the non-pad entries (all-pad rows give a zero vector).
 - dense: float32 ``(B,)``; non-finite values are rejected or clamped by ``DensePolicy``.
+- sequence (``FeatureSpec.sequence_fields``: a user's recent events as parallel arrays):
+  ``(B, L)`` per field, RIGHT-aligned (the most recent event at column L-1, padding first);
+  categorical int64 with ``PAD_ID`` in padded slots, dense float32 with 0.0 there. The first
+  sequence field is the event id: its ``PAD_ID`` slots are the mask of every sequence field.
 
 Cross features (that depend on both user and item) are never user fields: the user side must
 be computable from the user alone. Values of the (user, item) pair are context fields.
+Sequence fields are user-side: built from events before the scoring day, one row per user
+(snapshot), next to the user fields.
 """
 
 from __future__ import annotations
@@ -133,7 +139,8 @@ class Field:
     kind: FieldKind  # a FieldKind or its value
     buckets: int = at_least(1, 1000)  # hash buckets (categorical/multi); unused for dense
     dim: int = at_least(1, 16)  # embedding width; dense fields always contribute 1 value
-    max_len: int = at_least(1, 1)  # padded list length (multi only)
+    max_len: int = at_least(1, 1)  # padded list length (multi) or sequence length L (sequence fields)
+    shares: str = ""  # sequence fields only: the item field whose embedding table this one reuses
 
     def __post_init__(self) -> None:
         check_fields(self, f"field {self.name!r}" if isinstance(self.name, str) else "Field")
@@ -151,12 +158,19 @@ class FeatureSpec:
     user fields (the user_features table, keyed by user_id), item fields (item_features, keyed
     by item_id) and context fields (columns of the candidates table: values of one (user,
     item) pair on one day, e.g. the item's recency for that user). The item tokenizer reads the
-    item and context fields together (``candidate_fields``), item fields first."""
+    item and context fields together (``candidate_fields``), item fields first.
+
+    Sequence fields are a user's recent events as parallel ``(B, L)`` arrays, most recent last
+    (see the module docstring); they are user-side columns. The first is the event id
+    (categorical), whose padding masks them all; every one has ``max_len`` L. A sequence field
+    may name an item field in ``shares`` to reuse its embedding table (``hist_item_id`` shares
+    ``item_id``), so a past event and a candidate of the same item embed the same."""
 
     user_fields: tuple[Field, ...]
     item_fields: tuple[Field, ...]
     dense_policy: DensePolicy = DensePolicy.CLAMP
     context_fields: tuple[Field, ...] = ()
+    sequence_fields: tuple[Field, ...] = ()
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -167,20 +181,30 @@ class FeatureSpec:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"feature spec declares fields twice: {sorted(dup)}")
+        _check_sequences(self.sequence_fields)
+        _check_shares(self)
 
     @property
     def candidate_fields(self) -> tuple[Field, ...]:
         """What a candidate row carries into the model: item fields, then context fields."""
         return self.item_fields + self.context_fields
 
+    @property
+    def sequence_len(self) -> int:
+        """L, the length of every sequence field; 0 where the spec has none."""
+        return self.sequence_fields[0].max_len if self.sequence_fields else 0
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["dense_policy"] = self.dense_policy.value
-        if not self.context_fields:  # the form of specs from before context fields: their versions stay
-            del d["context_fields"]
+        for side in ("context_fields", "sequence_fields"):  # the form of specs from before these sides:
+            if not d[side]:  # their model versions stay
+                del d[side]
         for side in SIDES:
             for f in d.get(side, []):
                 f["kind"] = FieldKind(f["kind"]).value
+                if not f["shares"]:  # likewise for fields from before ``shares``
+                    del f["shares"]
         return d
 
     @classmethod
@@ -190,10 +214,51 @@ class FeatureSpec:
             item_fields=tuple(Field(**f) for f in d["item_fields"]),
             dense_policy=DensePolicy(d.get("dense_policy", "clamp")),
             context_fields=tuple(Field(**f) for f in d.get("context_fields", ())),
+            sequence_fields=tuple(Field(**f) for f in d.get("sequence_fields", ())),
         )
 
 
-SIDES = ("user_fields", "item_fields", "context_fields")
+SIDES = ("user_fields", "item_fields", "context_fields", "sequence_fields")
+SEQUENCE_KINDS = (FieldKind.CATEGORICAL, FieldKind.DENSE)
+
+
+def _check_sequences(seq: tuple[Field, ...]) -> None:
+    """Sequence fields are categorical or dense (a multi-valued event has no per-slot layout);
+    the first is categorical, since its PAD_ID slots are the mask of all; all share one L."""
+    for f in seq:
+        if f.kind not in SEQUENCE_KINDS:
+            raise ValueError(f"sequence field {f.name!r} is {f.kind.value}; a sequence field is categorical or dense")
+    if seq and seq[0].kind != FieldKind.CATEGORICAL:
+        raise ValueError(f"the first sequence field {seq[0].name!r} is the event id whose padding masks the others: "
+                         f"it must be categorical, not {seq[0].kind.value}")
+    if len({f.max_len for f in seq}) > 1:
+        lengths = ", ".join(f"{f.name}={f.max_len}" for f in seq)
+        raise ValueError(f"sequence fields must have one length (max_len), got {lengths}")
+
+
+def _check_shares(spec: FeatureSpec) -> None:
+    """``shares`` only on sequence fields, naming an item field with the very table shape:
+    both categorical, the same buckets and dim (one embedding table serves both)."""
+    for side in SIDES:
+        for f in getattr(spec, side):
+            if f.shares and side != "sequence_fields":
+                raise ValueError(f"field {f.name!r} ({side}) shares {f.shares!r}: only sequence fields share "
+                                 f"an item field's embedding table")
+    items = {f.name: f for f in spec.item_fields}
+    for f in spec.sequence_fields:
+        if not f.shares:
+            continue
+        target = items.get(f.shares)
+        if target is None:
+            raise ValueError(f"sequence field {f.name!r} shares {f.shares!r}, which is not an item field "
+                             f"(item fields: {sorted(items)})")
+        diff = [f"{k} {getattr(f, k)} vs {getattr(target, k)}" for k in ("buckets", "dim")
+                if getattr(f, k) != getattr(target, k)]
+        if {f.kind, target.kind} != {FieldKind.CATEGORICAL}:
+            diff.insert(0, f"kind {f.kind.value} vs {target.kind.value}")
+        if diff:
+            raise ValueError(f"sequence field {f.name!r} shares item field {target.name!r}, which needs both "
+                             f"categorical with the same buckets and dim; they differ in: {', '.join(diff)}")
 
 
 def non_key_columns(fields: tuple[Field, ...], key: str) -> list[str]:

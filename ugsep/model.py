@@ -18,6 +18,7 @@ from ugsep.fused_groups import score_groups_fused
 from ugsep.head import Head
 from ugsep.kernels import Backend, resolve_backend
 from ugsep.mixer import TokenMixerBlock
+from ugsep.sequence import SequenceSide
 from ugsep.state import StateLayout, UserState
 from ugsep.tokenizer import Tokenizer
 
@@ -43,24 +44,48 @@ class RankingModel(nn.Module):
         self.item_tokenizer = Tokenizer(spec.candidate_fields, tg, d, spec.dense_policy)
         rank = (cfg.comp_rank or d) if cfg.uses_compensation else 0
         self.blocks = nn.ModuleList(
-            TokenMixerBlock(tu, tg, d, cfg.ffn_mult, cfg.arch == "ugsep", rank, cfg.dropout)
+            TokenMixerBlock(cfg.n_user_positions, cfg.n_group_positions, d, cfg.ffn_mult, cfg.separated, rank,
+                            cfg.dropout)
             for _ in range(cfg.n_layers)
         )
         self.head = Head(d, cfg.head_hidden, cfg.pool, cfg.n_tokens, cfg.dropout)
         self.user_fm = SideFM(spec.user_fields, cfg.fm_dim) if cfg.fm_dim else None
         self.item_fm = SideFM(spec.candidate_fields, cfg.fm_dim) if cfg.fm_dim else None
+        self.seq = SequenceSide(spec.sequence_fields, cfg.n_layers, d, tu, tg, cfg.n_user_queries,
+                                cfg.n_group_queries, cfg.seq_encoder, cfg.n_heads, cfg.ffn_mult,
+                                self.item_tokenizer.embed.tables) if cfg.arch == "hyformer" else None
         self.use_kernels(Backend.AUTO)
 
     # --- full forward: the reference ---
     def forward(self, users: dict[str, Tensor], items: dict[str, Tensor], user_index: Tensor) -> Tensor:
-        """Logits (N,) for N candidates; ``user_index[n]`` is candidate n's row in ``users``."""
+        """Logits (N,) for N candidates; ``user_index[n]`` is candidate n's row in ``users``.
+        Every candidate carries all T tokens (and, under hyformer, its own copy of the sequence)."""
         u = self.user_tokenizer(users)[user_index]  # (N, T_u, D)
-        x = torch.cat([u, self.item_tokenizer(items)], dim=1)  # (N, T, D)
-        for blk in self.blocks:
-            x = blk(x)
-        tu = self.cfg.n_user_tokens
+        g = self.item_tokenizer(items)  # (N, T_g, D)
+        if self.seq is None:
+            x = torch.cat([u, g], dim=1)  # (N, T, D)
+            for blk in self.blocks:
+                x = blk(x)
+        else:
+            x = self._hyformer_full({k: v[user_index] for k, v in users.items()}, u, g)
+        tu = self.cfg.n_user_positions
         user_fm = self.user_fm(users)[user_index] if self.user_fm is not None else None
         return self.output(x[:, tu:], self.head.user_sum(x[:, :tu]), user_fm, items)
+
+    def _hyformer_full(self, users: dict[str, Tensor], u: Tensor, g: Tensor) -> Tensor:
+        """HyFormer's layers with every input per candidate row: (N, T, D) final tokens."""
+        seq, nu, ng = self.seq, self.cfg.n_user_queries, self.cfg.n_group_queries
+        h, valid, gi_user = seq.user_inputs(users, u)
+        xu = torch.cat([seq.user_queries.finish(seq.user_queries.user_part(gi_user)), u], dim=1)
+        xg = torch.cat([seq.group_queries.finish(seq.group_queries.user_part(gi_user), g.flatten(1)), g], dim=1)
+        for enc, dec, blk in zip(seq.encoders, seq.decoders, self.blocks, strict=True):
+            h = enc(h, valid)  # H_l (N, L, D)
+            kv = dec.keys_values(h)  # (N, 2, L, D)
+            xu = torch.cat([dec(xu[:, :nu], kv, valid), xu[:, nu:]], dim=1)
+            xg = torch.cat([dec(xg[:, :ng], kv, valid), xg[:, ng:]], dim=1)
+            x = blk(torch.cat([xu, xg], dim=1))  # boosting: the UG-Sep token mixer
+            xu, xg = x[:, : xu.shape[1]], x[:, xu.shape[1] :]
+        return torch.cat([xu, xg], dim=1)
 
     def output(self, group_tokens: Tensor, user_sum: Tensor | None, user_fm: Tensor | None,
                items: dict[str, Tensor], token_dim: int = 1) -> Tensor:
@@ -74,16 +99,28 @@ class RankingModel(nn.Module):
     def state_layout(self) -> StateLayout:
         c = self.cfg
         return StateLayout(
-            c.n_layers, c.n_user_tokens, c.n_group_tokens, c.d_model,
+            c.n_layers, c.n_user_positions, c.n_group_positions, c.d_model,
             has_comp=c.uses_compensation, has_pooled=c.pool == "all", fm_width=c.fm_dim + 1 if c.fm_dim else 0,
+            seq_len=self.spec.sequence_len if self.seq is not None else 0,
+            n_group_queries=c.n_group_queries if self.seq is not None else 0,
         )
 
     def encode_users(self, users: dict[str, Tensor]) -> UserState:
-        """Run the user tokens through every layer once per user; keep what groups read."""
+        """Run the user positions through every layer once per user; keep what candidates read."""
         self._require_split()
         u = self.user_tokenizer(users)  # (B_u, T_u, D)
+        kvs, valid, pre = [], None, None
+        if self.seq is not None:  # hyformer: the sequence, its K/V and the user queries, once per user
+            seq, nu = self.seq, self.cfg.n_user_queries
+            h, valid, gi_user = seq.user_inputs(users, u)
+            pre = seq.group_queries.user_part(gi_user)  # (B_u, N_g, D): candidate queries' user part
+            u = torch.cat([seq.user_queries.finish(seq.user_queries.user_part(gi_user)), u], dim=1)
         heads, comps = [], []
-        for blk in self.blocks:
+        for i, blk in enumerate(self.blocks):
+            if self.seq is not None:
+                h = self.seq.encoders[i](h, valid)
+                kvs.append(self.seq.decoders[i].keys_values(h))  # (B_u, 2, L, D)
+                u = torch.cat([self.seq.decoders[i](u[:, :nu], kvs[-1], valid), u[:, nu:]], dim=1)
             u, read, comp = blk.user_step(u)
             heads.append(read)
             comps.append(comp)
@@ -92,27 +129,38 @@ class RankingModel(nn.Module):
             comp=torch.stack(comps, dim=1) if self.cfg.uses_compensation else None,
             pooled=self.head.user_sum(u),
             fm=self.user_fm(users) if self.user_fm is not None else None,  # (B_u, k + 1)
+            kv=torch.stack(kvs, dim=1) if kvs else None,  # (B_u, layers, 2, L, D)
+            valid=valid.to(u.dtype) if valid is not None else None,  # (B_u, L) 1 = event
+            pre=pre,
         )
 
     def score_groups(self, state: UserState, items: dict[str, Tensor], user_index: Tensor) -> Tensor:
-        """Logits (N,) for N candidates from precomputed user state; no user-token work.
+        """Logits (N,) for N candidates from precomputed user state; no user-side work.
 
-        With Triton kernels (``use_kernels``) and autograd off, the item side runs fused
-        (``ugsep.fused_groups``, which has no backward); otherwise as written here.
+        With Triton kernels (``use_kernels``) and autograd off, the ugsep item side runs fused
+        (``ugsep.fused_groups``, which has no backward); otherwise as written here. Under
+        hyformer each layer first decodes the candidates' queries over their user's cached K/V,
+        one attention call per user bucket (``ugsep.sequence.grouped_attention``).
         """
         self._require_split()
-        if self.kernels is Backend.TRITON and not torch.is_grad_enabled():
+        if self.kernels is Backend.TRITON and not torch.is_grad_enabled() and self.seq is None:
             return score_groups_fused(self, state, items, user_index)
         g = self.item_tokenizer(items)  # (N, T_g, D)
+        if self.seq is not None:
+            queries = self.seq.group_queries.finish(state.pre[user_index], g.flatten(1))  # (N, N_g, D)
+            g, ng, valid = torch.cat([queries, g], dim=1), self.cfg.n_group_queries, state.valid > 0.5
         heads = state.heads[user_index]  # (N, L, T_u, T_g, d)
         comp = state.comp[user_index] if state.comp is not None else None
         for i, blk in enumerate(self.blocks):
+            if self.seq is not None:
+                decoded = self.seq.decoders[i].grouped(g[:, :ng], state.kv[:, i], valid, user_index)
+                g = torch.cat([decoded, g[:, ng:]], dim=1)
             g = blk.group_step(g, heads[:, i], None if comp is None else comp[:, i])
         return self.output(g, *state.per_candidate(user_index), items)
 
     def score(self, users: dict[str, Tensor], items: dict[str, Tensor], user_index: Tensor) -> Tensor:
-        """The fastest exact path: split for ugsep, full forward for rankmixer."""
-        if self.cfg.arch == "ugsep":
+        """The fastest exact path: split for ugsep and hyformer, full forward for rankmixer."""
+        if self.cfg.separated:
             return self.score_groups(self.encode_users(users), items, user_index)
         return self(users, items, user_index)
 
@@ -139,7 +187,7 @@ class RankingModel(nn.Module):
         return next(self.parameters()).device
 
     def _require_split(self) -> None:
-        if self.cfg.arch != "ugsep":
+        if not self.cfg.separated:
             raise SplitInferenceError(
                 f"arch={self.cfg.arch!r} mixes user and item tokens in every layer, so there is "
                 "no user-only state to reuse; use model(users, items, user_index) or arch='ugsep'"
@@ -151,12 +199,15 @@ class RankingModel(nn.Module):
 
     def flops_per_candidate(self, candidates_per_user: float = 1.0) -> float:
         """Matmul FLOPs per scored candidate; user-side work is amortised over a user's
-        candidates under ugsep and repeated per candidate under rankmixer."""
+        candidates when the model is separated and repeated per candidate under rankmixer."""
         c = self.cfg
         ffn = self.blocks[0].ffn.flops_per_token()
         comp = sum(b.comp.flops() for b in self.blocks if b.comp is not None)
-        user = self.user_tokenizer.flops() + c.n_layers * c.n_user_tokens * ffn + comp
-        item = self.item_tokenizer.flops() + c.n_layers * c.n_group_tokens * ffn
+        user = self.user_tokenizer.flops() + c.n_layers * c.n_user_positions * ffn + comp
+        item = self.item_tokenizer.flops() + c.n_layers * c.n_group_positions * ffn
         head = self.head.flops() + (2 * self.cfg.fm_dim if self.cfg.fm_dim else 0)
-        per_user_share = 1.0 / candidates_per_user if c.arch == "ugsep" else 1.0
+        if self.seq is not None:
+            seq_user, seq_item = self.seq.flops(self.spec.sequence_len)
+            user, item = user + seq_user, item + seq_item
+        per_user_share = 1.0 / candidates_per_user if c.separated else 1.0
         return user * per_user_share + item + head

@@ -6,13 +6,17 @@ Stored per user (L layers, T_u user tokens, T_g group tokens, head width d = D /
 - comp:  (B, L, T_g, D)       information-compensation term per layer (if enabled)
 - pooled: (B, D)              sum of the final user tokens (only when the head pools all tokens)
 - fm: (B, k + 1)              the user's part of the FM interaction (only with ``fm_dim`` = k > 0)
+hyformer adds (S = sequence length, N_g candidate queries):
+- kv: (B, L, 2, S, D)         each layer's keys and values of the user's sequence
+- valid: (B, S)               1.0 where the sequence has an event, 0.0 in padding
+- pre: (B, N_g, D)            the user part of the candidate queries' first linear
 The flat form concatenates these in that order: a fixed-width float vector per user.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -27,6 +31,8 @@ class StateLayout:
     has_comp: bool
     has_pooled: bool
     fm_width: int = 0
+    seq_len: int = 0  # hyformer: the sequence parts below exist when > 0
+    n_group_queries: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -41,10 +47,21 @@ class StateLayout:
         return (self.n_layers, self.n_group, self.d_model)
 
     @property
+    def parts(self) -> dict[str, tuple[int, ...]]:
+        """Name -> per-user shape of each part present, in the flat form's order."""
+        p = {"heads": self.heads_shape}
+        p.update({"comp": self.comp_shape} if self.has_comp else {})
+        p.update({"pooled": (self.d_model,)} if self.has_pooled else {})
+        p.update({"fm": (self.fm_width,)} if self.fm_width else {})
+        if self.seq_len:
+            p.update(kv=(self.n_layers, 2, self.seq_len, self.d_model), valid=(self.seq_len,),
+                     pre=(self.n_group_queries, self.d_model))
+        return p
+
+    @property
     def width(self) -> int:
-        w = math.prod(self.heads_shape)
-        w += math.prod(self.comp_shape) if self.has_comp else 0
-        return w + (self.d_model if self.has_pooled else 0) + self.fm_width
+        """Floats per user."""
+        return sum(math.prod(shape) for shape in self.parts.values())
 
 
 @dataclass
@@ -53,15 +70,19 @@ class UserState:
     comp: Tensor | None = None
     pooled: Tensor | None = None
     fm: Tensor | None = None
+    kv: Tensor | None = None
+    valid: Tensor | None = None
+    pre: Tensor | None = None
 
     def __len__(self) -> int:
         return self.heads.shape[0]
 
+    def _parts(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
     def to_flat(self) -> Tensor:
         """(B, width) float tensor, for tables and feature stores."""
-        parts = [self.heads.flatten(1)]
-        parts += [t.flatten(1) for t in (self.comp, self.pooled, self.fm) if t is not None]
-        return torch.cat(parts, dim=1)
+        return torch.cat([t.flatten(1) for t in self._parts().values()], dim=1)
 
     @classmethod
     def from_flat(cls, flat: Tensor, layout: StateLayout) -> UserState:
@@ -69,17 +90,10 @@ class UserState:
             raise ValueError(
                 f"user state has shape {tuple(flat.shape)}, the model expects (B, {layout.width})"
             )
-        b = flat.shape[0]
-        sizes = [math.prod(layout.heads_shape)]
-        sizes += [math.prod(layout.comp_shape)] if layout.has_comp else []
-        sizes += [layout.d_model] if layout.has_pooled else []
-        sizes += [layout.fm_width] if layout.fm_width else []
-        parts = list(torch.split(flat, sizes, dim=1))
-        heads = parts.pop(0).reshape(b, *layout.heads_shape)
-        comp = parts.pop(0).reshape(b, *layout.comp_shape) if layout.has_comp else None
-        pooled = parts.pop(0) if layout.has_pooled else None
-        fm = parts.pop(0) if layout.fm_width else None
-        return cls(heads, comp, pooled, fm)
+        shapes = layout.parts
+        chunks = torch.split(flat, [math.prod(s) for s in shapes.values()], dim=1)
+        return cls(**{name: c.reshape(flat.shape[0], *shape) for (name, shape), c in
+                      zip(shapes.items(), chunks, strict=True)})
 
     def per_candidate(self, user_index: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """(pooled, fm) gathered to each candidate's user, what the output reads besides the tokens."""
@@ -89,4 +103,4 @@ class UserState:
         def mv(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device=device, dtype=dtype)
 
-        return UserState(mv(self.heads), mv(self.comp), mv(self.pooled), mv(self.fm))
+        return UserState(**{name: mv(t) for name, t in self._parts().items()})

@@ -8,6 +8,10 @@ release year, genres (multi-valued).
 and line); ``movielens_features`` derives the user and item feature columns from what it
 read. ``load_movielens`` (training, eval) and the Spark importer (``jobs/importers.py``) both
 go through them, so the tables hold exactly the values the model was trained on.
+
+``load_movielens_sequences`` adds each row's history (past items and their ratings) without
+label leakage: histories hold training-period ratings only, and a training row's only those of
+earlier days (``history_snapshots`` says why).
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ugsep.data.arrow_columns import arrow_columns, field_columns
+from ugsep.data.arrow_columns import SEQUENCE_ARROW_TYPE, arrow_columns, field_columns
 from ugsep.data.ranking_data import Columns, RankingData, last_share_per_user
-from ugsep.features import FeatureSpec, Field, stable_id
+from ugsep.features import FeatureSpec, Field, FieldKind, stable_id
 
 N_GENRES = 19
 TEST_SHARE = 0.2  # each user's last 20% of ratings by time are the test split
+DAY = 86_400  # seconds: histories are cut at UTC day boundaries of the unix timestamps
 AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
 
 # (file, field separator, fields a line has, positions of the integer fields)
@@ -46,6 +51,21 @@ def movielens_spec() -> FeatureSpec:
             Field("item_id", "categorical", buckets=4000, dim=16),
             Field("release_year", "categorical", buckets=128, dim=8),
             Field("genres", "multi", buckets=N_GENRES, dim=8, max_len=N_GENRES),
+        ),
+    )
+
+
+def movielens_sequence_spec(seq_len: int = 50) -> FeatureSpec:
+    """``movielens_spec`` plus the user's last ``seq_len`` ratings before the row: the film
+    (sharing the candidate's item_id table) and the stars given (dense, 1 to 5)."""
+    spec = movielens_spec()
+    item_id = spec.item_fields[0]
+    return FeatureSpec(
+        spec.user_fields, spec.item_fields, spec.dense_policy, spec.context_fields,
+        sequence_fields=(
+            Field("hist_item_id", "categorical", buckets=item_id.buckets, dim=item_id.dim, max_len=seq_len,
+                  shares="item_id"),
+            Field("hist_rating", "dense", max_len=seq_len),
         ),
     )
 
@@ -134,7 +154,11 @@ def movielens_features(files: MovieLensFiles) -> tuple[Columns, Columns]:
 
 def load_movielens(data_dir: str | Path) -> tuple[RankingData, np.ndarray]:
     """All ratings as RankingData, plus a boolean test mask (per-user last 20% by time)."""
-    files = read_movielens(data_dir)
+    return movielens_data(read_movielens(data_dir))
+
+
+def movielens_data(files: MovieLensFiles) -> tuple[RankingData, np.ndarray]:
+    """``load_movielens`` on files already read: one row per rating, in u.data order."""
     ratings = files.ratings
     users, items = movielens_features(files)
     user_pos = _lookup(users["user_id"], ratings[:, 0], "user")
@@ -148,6 +172,55 @@ def load_movielens(data_dir: str | Path) -> tuple[RankingData, np.ndarray]:
         time=ratings[:, 3],
     )
     return data, last_share_per_user(ratings[:, 0], (ratings[:, 3], ratings[:, 1]), TEST_SHARE)
+
+
+def load_movielens_sequences(data_dir: str | Path, seq_len: int = 50) -> tuple[RankingData, np.ndarray]:
+    """``load_movielens`` (the same rows, labels, times and test mask) with the fields of
+    ``movielens_sequence_spec(seq_len)``: ``users`` gets one row per history snapshot (see
+    ``history_snapshots``), so rows of one user may point at different ``users`` rows."""
+    files = read_movielens(data_dir)
+    data, test = movielens_data(files)
+    snapshot, owner, lists = history_snapshots(files.ratings, data.user_row, test, seq_len)
+    seq = field_columns(lists, movielens_sequence_spec(seq_len).sequence_fields, sequence=True)
+    users = {**{k: v[owner] for k, v in data.users.items()}, **seq}
+    return RankingData(users, data.items, snapshot, data.label, data.time), test
+
+
+def history_snapshots(ratings: np.ndarray, user_row: np.ndarray, test: np.ndarray, seq_len: int
+                      ) -> tuple[np.ndarray, np.ndarray, dict[str, pa.Array]]:
+    """Each rating's history, shared by the ratings that see the same one (a snapshot).
+
+    ratings: (N, 4) user id, item id, rating, timestamp; user_row: (N,) the user's row in the
+    user table; test: (N,) the test mask. Returns ``snapshot`` (N,) each rating's snapshot,
+    ``owner`` (S,) each snapshot's user row, and ``hist_item_id`` / ``hist_rating`` as Arrow
+    lists (S rows, oldest first, the last ``seq_len`` events ordered by (time, item id)).
+
+    The rule, chosen so that no label leaks into a history:
+    - only training-period ratings ever enter a history (a test rating is never input);
+    - a training row sees the user's training ratings of strictly earlier UTC days: ratings
+      of its own day may come after it (timestamps within a day are often one session's bulk
+      entry), and a day cut is what a daily scoring job can compute; so all rows of one user
+      and day share one snapshot;
+    - a test row sees all of the user's training ratings: the history as of scoring the
+      test period, which starts after every training rating of the user.
+    """
+    day = ratings[:, 3] // DAY
+    span = int(day.max(initial=0)) + 2  # a cut past every day: the test rows'
+    cut = np.where(test, span - 1, day)  # a history holds the training events of days < cut
+    snap_key, snapshot = np.unique(user_row * span + cut, return_inverse=True)
+    owner = snap_key // span
+
+    events = np.flatnonzero(~test)
+    events = events[np.lexsort((ratings[events, 1], ratings[events, 3], user_row[events]))]  # by user, time, item
+    event_key = user_row[events] * span + day[events]  # nondecreasing
+    end = np.searchsorted(event_key, snap_key)  # one past the snapshot's last event
+    begin = np.maximum(np.searchsorted(event_key, owner * span), end - seq_len)  # its first kept event
+    n = end - begin
+    take = events[np.repeat(begin, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)]  # (sum n,)
+    offsets = pa.array(np.r_[0, np.cumsum(n)].astype(np.int32))
+    lists = {name: pa.ListArray.from_arrays(offsets, pa.array(ratings[take, col], SEQUENCE_ARROW_TYPE[kind].value_type))
+             for name, col, kind in (("hist_item_id", 1, FieldKind.CATEGORICAL), ("hist_rating", 2, FieldKind.DENSE))}
+    return snapshot.astype(np.int64), owner.astype(np.int64), lists
 
 
 def rating_labels(rating: np.ndarray) -> np.ndarray:

@@ -5,6 +5,10 @@ the dot product of a user taste vector (from segment and interests) and an item 
 vector (from category and tags). A model that cannot mix user and item information cannot
 learn that term and scores visibly worse. Candidates per user are log-normal (1 to
 thousands); user 0 always gets ``max_cands`` and user 1 exactly one, so both extremes exist.
+
+The sequence variant (``with_sequences``) adds each user's past events, drawn from favourite
+categories that no user feature reveals, and a label term from how well the candidate matches
+the user's most recent events: only a model that reads the sequence can learn it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from ugsep.features import PAD_ID, FeatureSpec, Field
 N_SEGMENTS, N_AGE, N_COUNTRY, N_INTERESTS = 24, 8, 40, 64
 N_CATEGORY, N_TAGS, MAX_INTERESTS, MAX_TAGS = 32, 96, 5, 4
 LATENT = 6
+RECENT, RECENCY_DECAY = 10, 0.8  # the label's sequence term reads the last 10 events, weights 0.8 ** age
+SEQUENCE_WEIGHT = 1.5  # of the z-scored sequence term in the logit (the interaction's is 1.6)
 
 
 def synthetic_spec() -> FeatureSpec:
@@ -40,6 +46,21 @@ def synthetic_spec() -> FeatureSpec:
             Field("popularity", "dense"),
         ),
         context_fields=(Field("recency", "dense"),),
+    )
+
+
+def synthetic_sequence_spec(seq_len: int = 50) -> FeatureSpec:
+    """``synthetic_spec`` plus each user's last ``seq_len`` events: the item (sharing the
+    candidate's item_id table) and its category."""
+    spec = synthetic_spec()
+    item_id = spec.item_fields[0]
+    return FeatureSpec(
+        spec.user_fields, spec.item_fields, spec.dense_policy, spec.context_fields,
+        sequence_fields=(
+            Field("hist_item_id", "categorical", buckets=item_id.buckets, dim=item_id.dim, max_len=seq_len,
+                  shares="item_id"),
+            Field("hist_category", "categorical", buckets=N_CATEGORY, dim=8, max_len=seq_len),
+        ),
     )
 
 
@@ -136,6 +157,66 @@ def generate_day(
     return SyntheticDay(users, items, candidates)
 
 
+def with_sequences(day: SyntheticDay, seq_len: int = 50, seed: int = 0) -> SyntheticDay:
+    """``day`` plus behaviour sequences and the label they drive (``day`` is not changed).
+
+    Users gain ``hist_item_id`` and ``hist_category``, (U, seq_len) right-aligned; candidates
+    gain ``true_sequence`` (the sequence term) and get ``true_logit`` += it and ``label`` redrawn
+    from it. Drawn from ``default_rng([seed, 1])``, a stream of its own, so ``generate_day``'s
+    outputs for ``seed`` stay what they are without sequences.
+    """
+    rng = np.random.default_rng([seed, 1])
+    category = day.items["category"]
+    hist_item = _histories(rng, category, len(day.users["user_id"]), seq_len)
+    valid = hist_item != PAD_ID
+    hist_category = np.where(valid, category[np.where(valid, hist_item, 0)], PAD_ID)
+
+    # The term: the candidate's category vector . the recency-weighted mean of the last RECENT
+    # events' category vectors (over the full window, so a short history weighs less; none: 0).
+    cat_vec = rng.normal(size=(N_CATEGORY, LATENT))
+    age = seq_len - 1 - np.arange(seq_len)  # (L,) 0 for the most recent slot
+    weight = np.where(age < RECENT, RECENCY_DECAY ** age.astype(float), 0.0)  # (L,)
+    recent = np.einsum("l,ul,uld->ud", weight, valid, cat_vec[np.where(valid, hist_category, 0)]) / weight.sum()
+    cand_user = _index_of(day.users["user_id"], day.candidates["user_id"], "user_id")
+    cand_cat = category[_index_of(day.items["item_id"], day.candidates["item_id"], "item_id")]
+    term = SEQUENCE_WEIGHT * _zscore((cat_vec[cand_cat] * recent[cand_user]).sum(1))
+
+    logit = day.candidates["true_logit"].astype(np.float64) + term
+    label = (rng.random(len(logit)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    users = {**day.users, "hist_item_id": hist_item, "hist_category": hist_category}
+    candidates = {**day.candidates, "label": label, "true_logit": logit.astype(np.float32),
+                  "true_sequence": term.astype(np.float32)}
+    return SyntheticDay(users, day.items, candidates)
+
+
+def _histories(rng: np.random.Generator, category: np.ndarray, n_users: int, seq_len: int) -> np.ndarray:
+    """(U, seq_len) int64 item indices of each user's past events, right-aligned, PAD_ID before.
+
+    Lengths: uniform over 0..seq_len, then 10% of users forced empty and 20% full, so both ends
+    are common. Each event is, with probability 0.8, an item of one of the user's two favourite
+    categories (drawn as the categories of two random items, so never an empty category), else
+    any item. Which favourite drifts with position: the oldest events favour the first, the
+    most recent the second, so the recent window tells more than the whole history's mean.
+    """
+    n_items = len(category)
+    length = rng.integers(0, seq_len + 1, n_users)
+    forced = rng.random(n_users)
+    length[forced < 0.1] = 0
+    length[forced > 0.8] = seq_len
+    slot = np.arange(seq_len)
+    valid = slot[None, :] >= seq_len - length[:, None]  # (U, L)
+    position = (slot[None, :] - (seq_len - length[:, None])) / np.maximum(length[:, None] - 1, 1)  # 0 oldest, 1 newest
+
+    favourite = category[rng.integers(0, n_items, (n_users, 2))]  # (U, 2)
+    second = rng.random((n_users, seq_len)) < position
+    cat = np.where(second, favourite[:, 1:], favourite[:, :1])  # (U, L)
+    by_cat = np.argsort(category, kind="stable")
+    start, count = np.searchsorted(category[by_cat], cat), np.bincount(category, minlength=N_CATEGORY)[cat]
+    in_category = by_cat[start + (rng.random((n_users, seq_len)) * count).astype(np.int64)]
+    item = np.where(rng.random((n_users, seq_len)) < 0.8, in_category, rng.integers(0, n_items, (n_users, seq_len)))
+    return np.where(valid, item, PAD_ID).astype(np.int64)
+
+
 def join_day(users: Columns, items: Columns, candidates: Columns, spec: FeatureSpec) -> RankingData:
     """Join candidates with their user and item rows into model-ready RankingData."""
     user_pos = _index_of(users["user_id"], candidates["user_id"], "user_id")
@@ -145,7 +226,7 @@ def join_day(users: Columns, items: Columns, candidates: Columns, spec: FeatureS
         src = candidates if f.name in candidates else items
         item_cols[f.name] = src[f.name] if src is candidates else src[f.name][item_pos]
     label = candidates.get("label", np.zeros(len(user_pos), dtype=np.float32))
-    user_cols = {f.name: users[f.name] for f in spec.user_fields}
+    user_cols = {f.name: users[f.name] for f in spec.user_fields + spec.sequence_fields}
     user_cols["user_id"] = users["user_id"]
     return RankingData(user_cols, item_cols, user_pos, label.astype(np.float32))
 
@@ -164,3 +245,14 @@ def _index_of(keys: np.ndarray, queries: np.ndarray, name: str) -> np.ndarray:
 def synthetic_dataset(n_users: int = 3000, seed: int = 0, **kw) -> RankingData:
     day = generate_day(n_users=n_users, seed=seed, **kw)
     return join_day(day.users, day.items, day.candidates, synthetic_spec())
+
+
+def generate_sequence_day(n_users: int = 2000, seed: int = 0, seq_len: int = 50, **kw) -> SyntheticDay:
+    """``generate_day`` with behaviour sequences (``with_sequences``): the same users, items and
+    candidates, a label that also depends on each user's recent events."""
+    return with_sequences(generate_day(n_users=n_users, seed=seed, **kw), seq_len, seed)
+
+
+def synthetic_sequence_dataset(n_users: int, seed: int = 0, seq_len: int = 50, **kw) -> RankingData:
+    day = generate_sequence_day(n_users, seed, seq_len, **kw)
+    return join_day(day.users, day.items, day.candidates, synthetic_sequence_spec(seq_len))
