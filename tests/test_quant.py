@@ -16,7 +16,7 @@ from ugsep.metrics import auc
 from ugsep.quant import Backend, QuantRecipe, quantize_model
 from ugsep.quant.fp8 import quantize_fp8_rows, quantize_fp8_weight
 from ugsep.quant.int8 import dequantize_int8, quantize_int8
-from ugsep.quant.modules import QuantPerTokenLinear
+from ugsep.quant.modules import QuantLinear, QuantPerTokenLinear
 
 
 @pytest.mark.parametrize("group_size", [0, 16])
@@ -173,3 +173,33 @@ def test_scales_stay_float32_when_the_model_is_cast_to_bf16():
     fresh = QuantPerTokenLinear(PerTokenLinear(4, 32, 24), boundary=2, user_fmt="w8a16", item_fmt="fp8")
     fresh.load_state_dict(old)
     assert all(torch.equal(fresh._scale(side), s) for side, s in exact.items())
+
+
+@pytest.mark.parametrize("group_size", [0, 16])
+def test_quant_linear_is_nn_linear_with_int8_weights(group_size):
+    """Same forward as nn.Linear (any leading dims), weights int8 with per-channel (or group)
+    scales: half a step from the float weights; the torch paths agree with each other."""
+    lin = torch.nn.Linear(64, 48)
+    q = QuantLinear(lin, group_size, backend=Backend.TORCH)
+    assert q.q.dtype == torch.int8 and q.weight.shape == lin.weight.shape
+    step = q.scale.view(torch.float32)[0].repeat_interleave(group_size or 64, dim=0).t()  # (N, K)
+    assert ((q.weight - lin.weight).abs() <= step / 2 + 1e-6).all()
+    x = torch.randn(5, 7, 64)
+    with torch.no_grad():
+        y = q(x)
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, q.weight, lin.bias))
+        assert q(x[:0]).shape == (0, 7, 48)
+        if not group_size:  # bf16 on the CPU: torch._weight_int8pack_mm
+            torch.testing.assert_close(q(x.bfloat16()).float(), y, rtol=0.02, atol=0.05)
+    scale = q.scale.clone()
+    assert torch.equal(q.to(torch.bfloat16).scale, scale) and q.bias.dtype == torch.bfloat16
+
+
+def test_quantizing_twice_and_bad_group_sizes_are_refused():
+    model = quantize_model(make_model(), QuantRecipe("w8a16"))
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_model(model, QuantRecipe("w8a16"))
+    fresh = make_model()
+    with pytest.raises(ValueError, match=r"^user_tokenizer\.proj: group_size 5 does not divide the input width"):
+        quantize_model(fresh, QuantRecipe("w8a16", group_size=5))
+    assert not any(isinstance(m, QuantPerTokenLinear) for m in fresh.modules())  # nothing swapped

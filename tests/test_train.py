@@ -141,3 +141,19 @@ def test_the_decays_leave_embeddings_biases_and_norms_to_their_own_settings():
     assert groups["matrix"]["weight_decay"] == 0.1 and groups["embedding"]["weight_decay"] == 0.01
     assert groups["other"]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+
+
+def test_user_batching_gives_whole_users_and_every_row_once_per_epoch(small_data):
+    from ugsep.train import epoch_batches
+
+    tcfg = TrainConfig(batch_size=100, batching="users", seed=4)
+    batches = epoch_batches(small_data, tcfg, epoch=0)
+    rows = np.concatenate(batches)
+    assert np.array_equal(np.sort(rows), np.arange(len(small_data)))
+    owner = small_data.user_row
+    seen = [set(owner[b]) for b in batches]
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:])  # a user lives in one batch
+    assert all(len(b) <= 100 or len(seen[i]) == 1 for i, b in enumerate(batches))  # over size: one big user
+    again = epoch_batches(small_data, tcfg, epoch=0)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))  # from (seed, epoch) alone
+    assert not np.array_equal(np.concatenate(epoch_batches(small_data, tcfg, epoch=1)), rows)

@@ -82,6 +82,7 @@ class ModelConfig:
 
 
 MONITORS = ("logloss", "auc")
+BATCHINGS = ("rows", "users")
 
 
 @dataclass
@@ -94,6 +95,7 @@ class TrainConfig:
     val_share: float = 0.1  # each user's last share of the training period, by time
     eval_every: int = at_least(0, 0)  # steps between evaluations inside an epoch; 0: at epoch ends
     batch_size: int = at_least(1, 512)  # candidates per step
+    batching: str = one_of(BATCHINGS, "rows")  # i.i.d. rows, or whole users per step (ugsep.train.epoch_batches)
     lr: float = at_least(0.0, 2e-3)  # peak learning rate of the dense weights (AdamW)
     embedding_lr: float = at_least(0.0, 0.0)  # of the embedding tables; 0: the same as lr
     weight_decay: float = at_least(0.0, 1e-2)  # decoupled, on weight matrices only (no biases, norms)

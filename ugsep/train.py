@@ -157,7 +157,7 @@ def _fit(model: nn.Module, train: RankingData, val: RankingData, tcfg: TrainConf
         log(f"resuming {state_path} at epoch {run.epoch + 1}, step {run.step}")
     else:
         torch.manual_seed(tcfg.seed)  # dropout draws the same masks for a given seed
-    steps_per_epoch = -(-len(train) // tcfg.batch_size)
+    steps_per_epoch = len(epoch_batches(train, tcfg, 0))
 
     def evaluate_now() -> bool:
         """Evaluate, keep the best, save the state; True when training should stop."""
@@ -191,17 +191,17 @@ def _fit(model: nn.Module, train: RankingData, val: RankingData, tcfg: TrainConf
         stopped = "early stopping"
     model.train()
     while not done and run.epoch < tcfg.max_epochs:
-        perm = np.random.default_rng([tcfg.seed, run.epoch]).permutation(len(train))  # resumable order
+        batches = epoch_batches(train, tcfg, run.epoch)
         t0, shown, rows = time.perf_counter(), time.perf_counter(), 0
         while run.batch < steps_per_epoch and not done:
-            idx = perm[run.batch * tcfg.batch_size :][: tcfg.batch_size]
+            idx = batches[run.batch]
             loss = _step(model, opt, train, idx, tcfg, run.step, steps_per_epoch, device)
             run.batch, run.step, rows = run.batch + 1, run.step + 1, rows + len(idx)
             run.loss_sum, run.loss_steps = run.loss_sum + loss, run.loss_steps + 1
             now = time.perf_counter()
             if now - shown > PROGRESS_SECONDS:
                 shown, speed = now, rows / (now - t0)
-                eta = (steps_per_epoch - run.batch) * tcfg.batch_size / speed
+                eta = (len(train) - rows) / speed
                 log(f"epoch {run.epoch + 1}/{tcfg.max_epochs}  step {run.batch}/{steps_per_epoch}  "
                     f"loss {run.loss_sum / run.loss_steps:.4f}  {speed:,.0f} ex/s  epoch ETA {eta:.0f} s")
             if tcfg.eval_every and run.step % tcfg.eval_every == 0 and run.batch < steps_per_epoch:
@@ -219,6 +219,20 @@ def _fit(model: nn.Module, train: RankingData, val: RankingData, tcfg: TrainConf
     log(f"stopped by {stopped}; keeping the weights of epoch {run.best['epoch']:g} (step {run.best['step']}): "
         f"validation {tcfg.monitor} {run.best['val_' + tcfg.monitor]:.4f}")
     return TrainResult(model.eval(), run.best, run.curve, stopped, len(train), len(val))
+
+
+def epoch_batches(data: RankingData, tcfg: TrainConfig, epoch: int) -> list[np.ndarray]:
+    """The candidates of each step of ``epoch``, from (seed, epoch) alone so a resumed run sees the
+    same batches. ``rows``: a shuffle of all candidates cut every ``batch_size``. ``users``: the
+    users shuffled, then whole users per batch (about ``batch_size`` candidates; a bigger user
+    alone), so a user's side is encoded once per batch, as UG-Sep's training aggregates samples."""
+    rng = np.random.default_rng([tcfg.seed, epoch])
+    if tcfg.batching == "rows":
+        perm = rng.permutation(len(data))
+        return [perm[i : i + tcfg.batch_size] for i in range(0, len(data), tcfg.batch_size)]
+    user_rank = rng.permutation(data.n_users)[data.user_row]  # each candidate's user's place in the shuffle
+    order = np.argsort(user_rank, kind="stable")
+    return [order[a:b] for a, b in whole_user_cuts(user_rank[order], tcfg.batch_size)]
 
 
 def _better(entry: dict[str, Any], best: dict[str, Any] | None, monitor: str) -> bool:

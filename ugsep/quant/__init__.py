@@ -1,7 +1,8 @@
 """Weight quantization for split inference: W8A16 on the user side, FP8 on the item side.
 
-``quantize_model(model, QuantRecipe(...))`` swaps a model's per-token linears in place;
-``calibrate_fp8`` picks the item-side layers that stay in float.
+``quantize_model(model, QuantRecipe(...))`` swaps a model's linears in place (per-token linears,
+and under hyformer the sequence side's ``nn.Linear`` layers; ``ugsep.quant.apply`` says what each
+becomes); ``calibrate_fp8`` picks the item-side layers that stay in float.
 """
 
 from ugsep.kernels import Backend
