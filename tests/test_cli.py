@@ -85,6 +85,23 @@ def test_resume_continues_a_stopped_cli_run_to_the_same_model(tmp_path):
     assert p.returncode != 0 and "no training state" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_hyformer_trains_on_movielens_histories_and_reports_its_state_size(tmp_path):
+    write_movielens_fixture(tmp_path / "ml", n_users=30, n_items=40, per_user=20)
+    out = json.loads(ugsep("train", "--dataset", "movielens-100k", "--data-dir", str(tmp_path / "ml"), "--arch",
+                           "hyformer", "--seq-len", "8", "--max-epochs", "1", "--out", str(tmp_path / "hy"))
+                     .stdout.strip().splitlines()[-1])
+    assert out["arch"] == "hyformer" and 0 <= out["auc"] <= 1
+    assert 0 < out["seq_len_mean"] <= 8  # test rows see the training period: 16 ratings, the last 8 kept
+    assert out["state_bytes_per_user"] > 4 * 2 * 2 * 8 * 64  # at least the K/V of 2 layers
+    again = json.loads(ugsep("eval", "--ckpt", str(tmp_path / "hy"), "--dataset", "movielens-100k",
+                             "--data-dir", str(tmp_path / "ml")).stdout.strip().splitlines()[-1])
+    assert again["auc"] == pytest.approx(out["auc"]) and again["seq_len_mean"] == out["seq_len_mean"]
+    plain = json.loads(ugsep("train", "--dataset", "movielens-100k", "--data-dir", str(tmp_path / "ml"),
+                             "--sequences", "--seq-len", "8", "--max-epochs", "1", "--out", str(tmp_path / "us"))
+                       .stdout.strip().splitlines()[-1])
+    assert plain["arch"] == "ugsep" and plain["seq_len_mean"] == out["seq_len_mean"]  # same data, histories unread
+
+
 def test_bad_input_gives_clear_error(tmp_path):
     p = ugsep("eval", "--ckpt", str(tmp_path / "missing"), check=False)
     assert p.returncode == 3 and "missing" in p.stderr and "Traceback" not in p.stderr  # a checkpoint error

@@ -124,3 +124,14 @@ def test_hyformer_needs_sequence_fields():
         RankingModel(synthetic_spec(), ModelConfig(arch="hyformer"))
     with pytest.raises(ValueError, match="counts the query tokens"):
         ModelConfig(arch="hyformer", n_user_queries=2)  # T = 14 does not divide 64
+
+
+@pytest.mark.parametrize("arch", ["ugsep", "rankmixer"])
+def test_the_token_mixers_ignore_sequence_fields(arch):
+    torch.manual_seed(0)
+    model = RankingModel(synthetic_sequence_spec(L), ModelConfig(arch=arch)).eval()
+    users, items, idx = batch([L, 3, 0], [5, 5, 5])
+    other = dict(users, hist_item_id=users["hist_item_id"].flip(0), hist_category=users["hist_category"].flip(0))
+    with torch.no_grad():
+        assert torch.equal(model(users, items, idx), model(other, items, idx))
+    assert not any("seq" in name for name, _ in model.named_parameters())
