@@ -1,14 +1,17 @@
-"""Quality against the classic CTR baseline: DeepFM vs rankmixer vs ugsep on the same splits.
+"""Quality against the classic CTR baseline: DeepFM vs rankmixer, ugsep and hyformer on the same splits.
 
-    python benchmarks/quality.py                       # synthetic + a generated MovieLens-format set
+    python benchmarks/quality.py --jobs 2              # synthetic + a generated MovieLens-format set
     python benchmarks/quality.py --data-dir ml-100k    # your MovieLens-format files instead
+    python benchmarks/quality.py --datasets synthetic+seq,movielens-100k+seq   # with hyformer
 
 Every model trains with early stopping on the same validation split (each user's last 10% of
 the training period) under the same epoch budget; the test split is read once, for the table.
 ugsep and rankmixer train with the library's default recipe (``TrainConfig()``, ``ModelConfig``
-defaults). DeepFM (``benchmarks/baselines.py``) trains twice: with DeepCTR-Torch's defaults
-(Adam, lr 1e-3, batch 256) and with ugsep's recipe; the table shows both and names the one its
-validation log loss prefers. Mean and sample standard deviation over the seeds; the last column
+defaults). A dataset named with "+seq" carries behaviour sequences: hyformer reads them (with
+whole-user batches); the other models ignore them, and on synthetic+seq, whose label depends on
+the sequence, show what is lost without. DeepFM (``benchmarks/baselines.py``) trains twice: with
+DeepCTR-Torch's defaults (Adam, lr 1e-3, batch 256) and with ugsep's recipe; the table shows both
+and names the one its validation log loss prefers. Mean and sample standard deviation over the seeds; the last column
 is each model's test AUC minus DeepFM's (the validation-preferred recipe), seed by seed.
 """
 
@@ -18,6 +21,7 @@ import argparse
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,34 +40,45 @@ from ugsep.model import RankingModel  # noqa: E402
 from ugsep.train import evaluate, fit  # noqa: E402
 
 DEEPCTR_RECIPE = dict(lr=1e-3, batch_size=256, weight_decay=0.0, warmup_steps=0, grad_clip=0.0)
+ROWS = {  # row name -> (model, recipe overrides); ugsep's recipe is TrainConfig()'s
+    "deepfm (DeepCTR defaults)": ("deepfm", DEEPCTR_RECIPE),
+    "deepfm (ugsep recipe)": ("deepfm", {}),
+    "rankmixer": ("rankmixer", {}),
+    "ugsep": ("ugsep", {}),
+    "hyformer": ("hyformer", {"batching": "users"}),  # sequence datasets only; reads the histories
+}
 
 
-def candidates(spec):
-    """(row name, model builder, recipe overrides) for every row of the table."""
-    return [
-        ("deepfm (DeepCTR defaults)", lambda: DeepFM(spec), DEEPCTR_RECIPE),
-        ("deepfm (ugsep recipe)", lambda: DeepFM(spec), {}),
-        ("rankmixer", lambda: RankingModel(spec, ModelConfig(arch="rankmixer")), {}),
-        ("ugsep", lambda: RankingModel(spec, ModelConfig(arch="ugsep")), {}),
-    ]
+def dataset_args(name: str) -> tuple[str, bool]:
+    """'movielens-100k+seq' -> ('movielens-100k', True): the dataset with behaviour sequences."""
+    return name.removesuffix("+seq"), name.endswith("+seq")
 
 
-def run(name: str, data_dir: str | None, seeds: list[int], max_epochs: int, log) -> list[dict]:
-    spec, train, test = load_dataset(name, data_dir)
+def run_one(job: tuple[str, str, str | None, int, int]) -> dict:
+    """Train one row's model with one seed (its own process, one torch thread), evaluate the test split."""
+    row, dataset, data_dir, seed, max_epochs = job
+    torch.set_num_threads(1)
+    name, sequences = dataset_args(dataset)
+    spec, train, test = load_dataset(name, data_dir, sequences=sequences)
+    kind, recipe = ROWS[row]
+    tcfg = TrainConfig(max_epochs=max_epochs, seed=seed, **recipe)
+    fit_rows, val = split_last_share(train, tcfg.val_share, seed)
+    torch.manual_seed(seed)
+    model = DeepFM(spec) if kind == "deepfm" else RankingModel(spec, ModelConfig(arch=kind))
+    t0 = time.perf_counter()
+    result = fit(model, fit_rows, val, tcfg, torch.device("cpu"), log=lambda s: None)
+    return {"row": row, "dataset": dataset, "seed": seed, "epoch": result.best["epoch"],
+            "val_logloss": result.best["val_logloss"], "seconds": time.perf_counter() - t0,
+            **evaluate(result.model, test)}
+
+
+def collect(dataset: str, runs: list[dict]) -> list[dict]:
+    """Table rows of one dataset, each with its runs by seed and its AUC minus DeepFM's."""
     rows = []
-    for label, build, recipe in candidates(spec):
-        runs = []
-        for seed in seeds:
-            tcfg = TrainConfig(max_epochs=max_epochs, seed=seed, **recipe)
-            fit_rows, val = split_last_share(train, tcfg.val_share, seed)
-            torch.manual_seed(seed)
-            t0 = time.perf_counter()
-            result = fit(build(), fit_rows, val, tcfg, torch.device("cpu"), log=lambda s: None)
-            runs.append({"seed": seed, "epoch": result.best["epoch"], "val_logloss": result.best["val_logloss"],
-                         "seconds": time.perf_counter() - t0, **evaluate(result.model, test)})
-            log(f"{name}: {label} seed {seed}: epoch {runs[-1]['epoch']:g}, val logloss "
-                f"{runs[-1]['val_logloss']:.4f}, test auc {runs[-1]['auc']:.4f} ({runs[-1]['seconds']:.0f} s)")
-        rows.append({"model": label, "runs": runs})
+    for row in ROWS:
+        mine = sorted((r for r in runs if r["row"] == row and r["dataset"] == dataset), key=lambda r: r["seed"])
+        if mine:
+            rows.append({"model": row, "runs": mine})
     deepfm = min(rows[:2], key=lambda r: np.mean([x["val_logloss"] for x in r["runs"]]))
     deepfm["model"] += " *"
     for r in rows:
@@ -91,23 +106,31 @@ def table(name: str, rows: list[dict], seeds: list[int]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", help="MovieLens-100k format files (default: generate a MovieLens-like set)")
-    p.add_argument("--datasets", default="synthetic,movielens-100k", help="comma-separated (default: both)")
+    p.add_argument("--datasets", default="synthetic,movielens-100k",
+                   help="comma-separated; a '+seq' suffix loads behaviour sequences and adds hyformer")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--max-epochs", type=int, default=TrainConfig().max_epochs)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (processes, one torch thread each)")
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
     seeds = [int(s) for s in a.seeds.split(",")]
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    datasets = a.datasets.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, where = a.data_dir, a.data_dir
         if data_dir is None:
             data_dir, where = tmp, "generated by tests/movielens_fixture.write_movielens_like(seed=0)"
             write_movielens_like(Path(tmp))
-        for name in a.datasets.split(","):
-            rows = run(name, data_dir, seeds, a.max_epochs, log)
-            print(table(f"{name}" + (f" ({where})" if name != "synthetic" else ""), rows, seeds) + "\n", flush=True)
+        jobs = [(row, d, data_dir, s, a.max_epochs) for d in datasets for s in seeds for row in ROWS
+                if row != "hyformer" or dataset_args(d)[1]]  # hyformer needs the sequences
+        runs = []
+        with ProcessPoolExecutor(a.jobs) as pool:
+            for r in pool.map(run_one, jobs):
+                runs.append(r)
+                print(f"{r['dataset']}: {r['row']} seed {r['seed']}: epoch {r['epoch']:g}, val logloss "
+                      f"{r['val_logloss']:.4f}, test auc {r['auc']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr,
+                      flush=True)
+    for d in datasets:
+        title = d if d.startswith("synthetic") else f"{d} ({where})"
+        print(table(title, collect(d, runs), seeds) + "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,13 @@ def test_a_field_kind_the_converter_does_not_know_is_refused(tmp_path):
     job_start._verified.cache_clear()
     with pytest.raises(CheckpointError, match="invalid model config.*'sequence' is not a valid FieldKind"):
         job_start.checked_checkpoint(str(tmp_path / "m"))
+
+
+def test_a_model_that_reads_sequences_is_refused_by_name(tmp_path):
+    from ugsep.config import ModelConfig
+    from ugsep.data.synthetic import synthetic_sequence_spec
+    from ugsep.model import RankingModel
+
+    save_checkpoint(RankingModel(synthetic_sequence_spec(8), ModelConfig(arch="hyformer")), tmp_path / "h")
+    with pytest.raises(ValueError, match=r"reads behaviour sequences \(hist_item_id, hist_category\)"):
+        job_start.checked_checkpoint(str(tmp_path / "h"))

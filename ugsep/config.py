@@ -28,10 +28,10 @@ class ModelConfig:
     ffn_mult: int = at_least(1, 4)  # per-token FFN expansion k
     compensation: bool = True  # information compensation (ugsep only)
     comp_rank: int = at_least(0, 0)  # rank of the compensation map; 0 means d_model
-    pool: str = one_of(POOLS, "group")  # head pools "group" tokens or "all" tokens
+    pool: str = one_of(POOLS, "all")  # head pools "group" tokens or "all" tokens (validation: "all", see below)
     head_hidden: int = at_least(1, 64)  # hidden width of the head MLP
     dropout: float = at_least(0.0, 0.0)  # on the FFN and head hidden activations, training only
-    fm_dim: int = at_least(0, 0)  # factor width of the FM interaction added to the logit (ugsep.fm); 0: none
+    fm_dim: int = at_least(0, 16)  # factor width of the FM interaction added to the logit (ugsep.fm); 0: none
     # hyformer only (ugsep.sequence): query tokens, the sequence encoder, decoding heads
     n_user_queries: int = at_least(1, 4)  # queries from user-only inputs: user positions, once per user
     n_group_queries: int = at_least(1, 4)  # queries that read the candidate: group positions (T = 16 by default)
@@ -98,7 +98,7 @@ class TrainConfig:
     batching: str = one_of(BATCHINGS, "rows")  # i.i.d. rows, or whole users per step (ugsep.train.epoch_batches)
     lr: float = at_least(0.0, 2e-3)  # peak learning rate of the dense weights (AdamW)
     embedding_lr: float = at_least(0.0, 0.0)  # of the embedding tables; 0: the same as lr
-    weight_decay: float = at_least(0.0, 1e-2)  # decoupled, on weight matrices only (no biases, norms)
+    weight_decay: float = at_least(0.0, 0.5)  # decoupled, on weight matrices only (no biases, norms, embeddings)
     embedding_decay: float = at_least(0.0, 0.0)  # decoupled decay of the embedding tables
     warmup_steps: int = at_least(0, 100)  # linear warm-up from 0 to lr
     lr_decay: float = 1.0  # learning rate multiplied by this per epoch (smoothly, per step)
