@@ -23,7 +23,7 @@ def report(model, test, extra: dict) -> dict:
     seq = model.spec.sequence_fields
     if seq:
         out["seq_len_mean"] = round(float((test.users[seq[0].name][test.user_row] != PAD_ID).sum(1).mean()), 2)
-    out["state_bytes_per_user"] = model.state_layout.width * 4 if model.cfg.separated else None  # float32
+    out["state_bytes_per_user"] = model.state_layout.bytes_per_user() if model.cfg.separated else None
     out.update(
         params=model.num_params(),
         flops_per_candidate=round(model.flops_per_candidate(cands_per_user)),

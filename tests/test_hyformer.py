@@ -115,6 +115,7 @@ def test_the_state_layout_sizes_every_part():
         assert tuple(getattr(state, name).shape[1:]) == shape, name
     assert state.to_flat().shape == (2, layout.width)
     assert layout.parts["kv"] == (2, 2, L, 64)
+    assert layout.bytes_per_user() == 4 * layout.width and layout.bytes_per_user(torch.bfloat16) == 2 * layout.width
 
 
 def test_hyformer_needs_sequence_fields():

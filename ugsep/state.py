@@ -48,7 +48,8 @@ class StateLayout:
 
     @property
     def parts(self) -> dict[str, tuple[int, ...]]:
-        """Name -> per-user shape of each part present, in the flat form's order."""
+        """Name -> per-user shape of each part present, in the flat form's order. Every part has
+        the flat form's dtype (float32 in tables; ``valid`` holds 0.0/1.0)."""
         p = {"heads": self.heads_shape}
         p.update({"comp": self.comp_shape} if self.has_comp else {})
         p.update({"pooled": (self.d_model,)} if self.has_pooled else {})
@@ -62,6 +63,10 @@ class StateLayout:
     def width(self) -> int:
         """Floats per user."""
         return sum(math.prod(shape) for shape in self.parts.values())
+
+    def bytes_per_user(self, dtype: torch.dtype = torch.float32) -> int:
+        """Storage of one user's state in ``dtype`` (float32 in the user_state table)."""
+        return self.width * torch.empty(0, dtype=dtype).element_size()
 
 
 @dataclass
