@@ -129,8 +129,20 @@ def main() -> None:
                       f"{r['val_logloss']:.4f}, test auc {r['auc']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr,
                       flush=True)
     for d in datasets:
-        title = d if d.startswith("synthetic") else f"{d} ({where})"
+        title = f"{d} (oracle AUC {oracle_auc(d):.4f})" if d.startswith("synthetic") else f"{d} ({where})"
         print(table(title, collect(d, runs), seeds) + "\n", flush=True)
+
+
+def oracle_auc(dataset: str) -> float:
+    """AUC of the planted logit over all of the synthetic day's candidates: the ceiling."""
+    from ugsep.data.datasets import SEQUENCE_LEN, SYNTHETIC_USERS
+    from ugsep.data.synthetic import generate_day, generate_sequence_day
+    from ugsep.metrics import auc
+
+    seq = dataset_args(dataset)[1]
+    day = (generate_sequence_day(SYNTHETIC_USERS, 0, SEQUENCE_LEN, max_cands=1000) if seq
+           else generate_day(SYNTHETIC_USERS, seed=0, max_cands=1000))
+    return auc(day.candidates["label"], day.candidates["true_logit"])
 
 
 if __name__ == "__main__":
