@@ -90,9 +90,8 @@ def main() -> None:
                 runs.append(r)
                 print(f"{r['dataset']} {r['variant']} seed {r['seed']}: val logloss {r['val_logloss']:.4f}",
                       file=sys.stderr, flush=True)
-    if a.json:
-        for r in runs:
-            print(json.dumps(r))
+                if a.json:
+                    print(json.dumps(r), flush=True)
     for d in datasets:
         print(f"\n### {d} (mean over seeds {a.seeds})\n")
         print("| variant | val log loss | val AUC | epochs kept | test AUC |")

@@ -157,3 +157,13 @@ def test_user_batching_gives_whole_users_and_every_row_once_per_epoch(small_data
     again = epoch_batches(small_data, tcfg, epoch=0)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))  # from (seed, epoch) alone
     assert not np.array_equal(np.concatenate(epoch_batches(small_data, tcfg, epoch=1)), rows)
+
+
+def test_training_on_user_batches_runs_every_epoch(small_data):
+    """Whole-user batches vary in number from epoch to epoch; every epoch runs to its end."""
+    from ugsep.train import epoch_batches
+
+    tcfg = TrainConfig(max_epochs=3, patience=5, batch_size=64, val_share=0.25, batching="users", seed=1)
+    counts = {len(epoch_batches(split_last_share(small_data, 0.25, 1)[0], tcfg, e)) for e in range(3)}
+    result = train_model(synthetic_spec(), SMALL, small_data, tcfg, device=CPU, log=quiet)
+    assert [c["epoch"] for c in result.curve] == [1, 2, 3] and len(counts) > 1

@@ -157,13 +157,13 @@ def _fit(model: nn.Module, train: RankingData, val: RankingData, tcfg: TrainConf
         log(f"resuming {state_path} at epoch {run.epoch + 1}, step {run.step}")
     else:
         torch.manual_seed(tcfg.seed)  # dropout draws the same masks for a given seed
-    steps_per_epoch = len(epoch_batches(train, tcfg, 0))
+    steps_per_epoch = -(-len(train) // tcfg.batch_size)  # nominal: the schedule's unit (user batches vary)
 
     def evaluate_now() -> bool:
         """Evaluate, keep the best, save the state; True when training should stop."""
         nonlocal best_weights
         metrics = evaluate(model, val)
-        entry = {"epoch": run.epoch + run.batch / steps_per_epoch, "step": run.step,
+        entry = {"epoch": run.epoch + run.batch / len(batches), "step": run.step,
                  "train_loss": run.loss_sum / max(run.loss_steps, 1),
                  "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in metrics.items()}}
         entry["epoch"] = round(entry["epoch"], 3)
@@ -193,7 +193,7 @@ def _fit(model: nn.Module, train: RankingData, val: RankingData, tcfg: TrainConf
     while not done and run.epoch < tcfg.max_epochs:
         batches = epoch_batches(train, tcfg, run.epoch)
         t0, shown, rows = time.perf_counter(), time.perf_counter(), 0
-        while run.batch < steps_per_epoch and not done:
+        while run.batch < len(batches) and not done:
             idx = batches[run.batch]
             loss = _step(model, opt, train, idx, tcfg, run.step, steps_per_epoch, device)
             run.batch, run.step, rows = run.batch + 1, run.step + 1, rows + len(idx)
@@ -202,9 +202,9 @@ def _fit(model: nn.Module, train: RankingData, val: RankingData, tcfg: TrainConf
             if now - shown > PROGRESS_SECONDS:
                 shown, speed = now, rows / (now - t0)
                 eta = (len(train) - rows) / speed
-                log(f"epoch {run.epoch + 1}/{tcfg.max_epochs}  step {run.batch}/{steps_per_epoch}  "
+                log(f"epoch {run.epoch + 1}/{tcfg.max_epochs}  step {run.batch}/{len(batches)}  "
                     f"loss {run.loss_sum / run.loss_steps:.4f}  {speed:,.0f} ex/s  epoch ETA {eta:.0f} s")
-            if tcfg.eval_every and run.step % tcfg.eval_every == 0 and run.batch < steps_per_epoch:
+            if tcfg.eval_every and run.step % tcfg.eval_every == 0 and run.batch < len(batches):
                 done = evaluate_now()
         if done:
             stopped = "early stopping"
