@@ -136,3 +136,14 @@ def test_the_token_mixers_ignore_sequence_fields(arch):
     with torch.no_grad():
         assert torch.equal(model(users, items, idx), model(other, items, idx))
     assert not any("seq" in name for name, _ in model.named_parameters())
+
+
+def test_flops_count_the_sequence_once_per_user_and_survive_quantization():
+    from ugsep.quant import QuantRecipe, quantize_model
+
+    model = hyformer()
+    at_1, at_100 = model.flops_per_candidate(1.0), model.flops_per_candidate(100.0)
+    user, item = model.seq.flops(L)
+    assert at_1 > at_100 > item and user > 10 * item / L  # the sequence side is user-side work
+    quantize_model(model, QuantRecipe("w8a16"))
+    assert model.flops_per_candidate(1.0) == at_1 and model.flops_per_candidate(100.0) == at_100

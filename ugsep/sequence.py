@@ -226,17 +226,24 @@ class SequenceSide(nn.Module):
         self.user_queries = QueryGenerator(n_user_queries, gi_user, gi_user, d_model)
         self.group_queries = QueryGenerator(n_group_queries, gi_user + n_group_tokens * d_model, gi_user, d_model)
         self.n_user_queries, self.n_group_queries = n_user_queries, n_group_queries
+        d, attention = d_model, encoder == "attention"
+        self._shapes = {  # matmul weights (multiply-adds per row) for ``flops``
+            "d": d, "layers": n_layers, "embed": self.embed.proj.in_features * d,
+            "encoder": 3 * ffn_mult * d * d + (4 * d * d if attention else 0), "self_attention": int(attention),
+            "user_queries": n_user_queries * (gi_user * d + d * d),
+            "group_queries_user": n_group_queries * gi_user * d,
+            "group_queries_item": n_group_queries * (n_group_tokens * d * d + d * d),
+        }
 
     def flops(self, seq_len: int) -> tuple[float, float]:
-        """(user side, per candidate) matmul FLOPs of the sequence modules for ``seq_len`` events."""
-        n = lambda m: sum(p.numel() for p in m.parameters() if p.dim() >= 2)  # noqa: E731  weights only
-        s, d = seq_len, self.embed.proj.out_features
-        attn = sum(2 * 2 * s * s * d for e in self.encoders if e.kind == "attention")  # QK^T and AV
-        user = 2 * s * (n(self.embed) - self.embed.pos.numel() + sum(n(e) for e in self.encoders)) + attn
-        decode = 2 * (n(self.decoders[0]) - 2 * d * d) + 4 * (s + 1) * d  # q/out projections + attention
-        user += len(self.decoders) * (2 * s * 2 * d * d + self.n_user_queries * decode)
-        user += 2 * n(self.user_queries) + 2 * self.group_queries.n_user_in * self.group_queries.fc1.d_out
-        item = 2 * n(self.group_queries) + len(self.decoders) * self.n_group_queries * decode
+        """(user side, per candidate) matmul FLOPs of the sequence modules for ``seq_len`` events,
+        from the layer shapes fixed at construction (quantized layers keep their weights as buffers)."""
+        z, s, d = self._shapes, seq_len, self._shapes["d"]
+        decode = 2 * 2 * d * d + 2 * 2 * (s + 1) * d  # q and out projections, QK^T and AV over s + 1 slots
+        per_layer = 2 * s * (z["encoder"] + 2 * d * d) + z["self_attention"] * 2 * 2 * s * s * d
+        user = 2 * s * z["embed"] + z["layers"] * (per_layer + self.n_user_queries * decode)
+        user += 2 * z["user_queries"] + 2 * z["group_queries_user"]
+        item = 2 * z["group_queries_item"] + z["layers"] * self.n_group_queries * decode
         return float(user), float(item)
 
     def user_inputs(self, users: dict[str, Tensor], user_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
