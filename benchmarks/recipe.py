@@ -37,7 +37,28 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "lr-decay0.7": ({}, {"lr_decay": 0.7}),
     "lr1e-3": ({}, {"lr": 1e-3}),
     "user-batches": ({}, {"batching": "users"}),
+    "emb-lr5e-3": ({}, {"embedding_lr": 5e-3}),
+    "emb-dims-by-cardinality": ({}, {}),  # the spec's embedding widths from each field's distinct ids
 }
+
+
+def dims_by_cardinality(spec, data):
+    """The spec with each categorical/multi field's width = 6 * (distinct ids seen) ** 0.25, the
+    rule of thumb for embedding sizes, rounded to a power of two in [4, 64]."""
+    import dataclasses
+
+    from ugsep.features import FieldKind
+
+    def width(f):
+        if f.kind == FieldKind.DENSE or f.shares:
+            return f
+        values = data.users.get(f.name, data.items.get(f.name))
+        card = len(np.unique(values[values >= 0])) if values is not None else f.buckets
+        return dataclasses.replace(f, dim=int(np.clip(2 ** round(np.log2(6 * max(card, 1) ** 0.25)), 4, 64)))
+
+    return dataclasses.replace(spec, user_fields=tuple(map(width, spec.user_fields)),
+                               item_fields=tuple(map(width, spec.item_fields)),
+                               context_fields=tuple(map(width, spec.context_fields)))
 
 
 def run_one(job: tuple[str, str, str | None, int]) -> dict:
@@ -53,6 +74,8 @@ def run_one(job: tuple[str, str, str | None, int]) -> dict:
     torch.set_num_threads(1)
     model_kw, train_kw = VARIANTS[variant]
     spec, train, test = load_dataset(dataset, data_dir)
+    if variant == "emb-dims-by-cardinality":
+        spec = dims_by_cardinality(spec, train)
     tcfg = TrainConfig(seed=seed, **train_kw)
     fit_rows, val = split_last_share(train, tcfg.val_share, seed)
     torch.manual_seed(seed)
