@@ -37,7 +37,7 @@ def test_roundtrip_keeps_scores_and_version(tmp_path, small_day):
 def test_version_depends_on_weights_and_config(tmp_path):
     a = save_checkpoint(make_model(seed=0), tmp_path / "a")
     b = save_checkpoint(make_model(seed=1), tmp_path / "b")
-    c = save_checkpoint(make_model(seed=0, pool="all"), tmp_path / "c")
+    c = save_checkpoint(make_model(seed=0, pool="group"), tmp_path / "c")
     assert len({a, b, c}) == 3
 
 

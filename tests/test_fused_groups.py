@@ -26,7 +26,7 @@ CONFIGS = {  # D not a power of two; T_u != T_g; compensation on and off; both p
     "default": dict(),
     "d96_u2_g6_comp_all": dict(d_model=96, n_user_tokens=2, n_group_tokens=6, pool="all", comp_rank=16),
     "d96_nocomp": dict(d_model=96, compensation=False),
-    "fm_all": dict(fm_dim=16, pool="all"),  # the default recipe: FM term and all-token pooling
+    "mixer_only": dict(fm_dim=0, pool="group"),  # no FM term, group pooling (the default has both)
 }
 
 
