@@ -70,14 +70,14 @@ def test_train_over_seeds_reports_mean_and_spread_with_curves_per_seed(tmp_path)
 
 
 def test_resume_continues_a_stopped_cli_run_to_the_same_model(tmp_path):
-    """Two epochs, then resumed to three: the same checkpoint as three epochs in one go."""
+    """One epoch, then resumed to two: the same checkpoint as two epochs in one go."""
     write_movielens_fixture(tmp_path / "ml")
     data = ("--dataset", "movielens-100k", "--data-dir", str(tmp_path / "ml"), "--patience", "5")
-    ugsep("train", *data, "--max-epochs", "2", "--out", str(tmp_path / "r"))
-    p = ugsep("train", *data, "--max-epochs", "3", "--resume", "--out", str(tmp_path / "r"))
-    assert "resuming" in p.stderr and "at epoch 3" in p.stderr
+    ugsep("train", *data, "--max-epochs", "1", "--out", str(tmp_path / "r"))
+    p = ugsep("train", *data, "--max-epochs", "2", "--resume", "--out", str(tmp_path / "r"))
+    assert "resuming" in p.stderr and "at epoch 2" in p.stderr
     resumed = json.loads(p.stdout.strip().splitlines()[-1])
-    whole = json.loads(ugsep("train", *data, "--max-epochs", "3", "--out", str(tmp_path / "w")).stdout.strip()
+    whole = json.loads(ugsep("train", *data, "--max-epochs", "2", "--out", str(tmp_path / "w")).stdout.strip()
                        .splitlines()[-1])
     assert resumed["model_version"] == whole["model_version"]
     assert resumed["training"]["curve"] == whole["training"]["curve"]
