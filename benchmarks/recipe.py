@@ -3,7 +3,7 @@
     python benchmarks/recipe.py --jobs 2                 # every variant, both datasets, seeds 0,1,2
     python benchmarks/recipe.py --variants default,no-fm --datasets movielens-100k --seeds 0
 
-Each run trains ugsep with ``fit`` (early stopping on each user's last 10% of the training
+Each run trains ugsep with ``train_model`` (early stopping on each user's last 10% of the training
 period) and records the kept point's validation log loss and AUC; the table prints their mean
 over seeds per dataset, and the test AUC last (read once per run, never used to choose). The
 MovieLens-format data is generated (``tests/movielens_fixture.write_movielens_like``) unless
@@ -66,9 +66,7 @@ def run_one(job: tuple[str, str, str | None, int]) -> dict:
 
     from ugsep.config import ModelConfig, TrainConfig
     from ugsep.data.datasets import load_dataset
-    from ugsep.data.ranking_data import split_last_share
-    from ugsep.model import RankingModel
-    from ugsep.train import evaluate, fit
+    from ugsep.train import evaluate, train_model
 
     variant, dataset, data_dir, seed = job
     torch.set_num_threads(1)
@@ -77,10 +75,7 @@ def run_one(job: tuple[str, str, str | None, int]) -> dict:
     if variant == "emb-dims-by-cardinality":
         spec = dims_by_cardinality(spec, train)
     tcfg = TrainConfig(seed=seed, **train_kw)
-    fit_rows, val = split_last_share(train, tcfg.val_share, seed)
-    torch.manual_seed(seed)
-    result = fit(RankingModel(spec, ModelConfig(**model_kw)), fit_rows, val, tcfg, torch.device("cpu"),
-                 log=lambda s: None)
+    result = train_model(spec, ModelConfig(**model_kw), train, tcfg, torch.device("cpu"), log=lambda s: None)
     return {"variant": variant, "dataset": dataset, "seed": seed, "epoch": result.best["epoch"],
             "val_logloss": result.best["val_logloss"], "val_auc": result.best["val_auc"],
             "test_auc": evaluate(result.model, test)["auc"]}

@@ -242,3 +242,17 @@ def test_load_dataset_with_sequences(tmp_path):
     assert spec == synthetic_sequence_spec() and len(train) == len(plain_train) and len(held) == len(plain_held)
     np.testing.assert_array_equal(held.items["item_id"], plain_held.items["item_id"])
     assert train.users["hist_item_id"].shape == (train.n_users, 50)
+
+
+def test_with_history_adds_a_shared_event_id_then_the_side_fields():
+    from ugsep.data.synthetic import synthetic_spec
+    from ugsep.features import Field
+
+    spec = synthetic_spec().with_history(7, Field("hist_age", "dense"))
+    ids, age = spec.sequence_fields
+    item = spec.item_fields[0]
+    assert (ids.name, ids.shares, ids.buckets, ids.dim, ids.max_len) == ("hist_item_id", "item_id", item.buckets,
+                                                                         item.dim, 7)
+    assert (age.name, age.max_len) == ("hist_age", 7) and spec.sequence_len == 7
+    with pytest.raises(ValueError, match="'category_id' is not an item field"):
+        synthetic_spec().with_history(7, item="category_id")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from enum import Enum
 from functools import cache
 from typing import Any
@@ -188,6 +188,15 @@ class FeatureSpec:
     def candidate_fields(self) -> tuple[Field, ...]:
         """What a candidate row carries into the model: item fields, then context fields."""
         return self.item_fields + self.context_fields
+
+    def with_history(self, seq_len: int, *side_fields: Field, item: str = "item_id") -> FeatureSpec:
+        """This spec plus a history of ``seq_len`` events: the event id ``hist_<item>``, sharing
+        the item field's embedding table, then ``side_fields`` (given ``max_len=seq_len``)."""
+        target = next((f for f in self.item_fields if f.name == item), None)
+        if target is None:
+            raise ValueError(f"with_history: {item!r} is not an item field ({[f.name for f in self.item_fields]})")
+        events = Field(f"hist_{item}", FieldKind.CATEGORICAL, target.buckets, target.dim, seq_len, shares=item)
+        return replace(self, sequence_fields=(events, *(replace(f, max_len=seq_len) for f in side_fields)))
 
     @property
     def sequence_len(self) -> int:

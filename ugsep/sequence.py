@@ -218,8 +218,7 @@ class SequenceSide(nn.Module):
         super().__init__()
         if not fields:
             raise ValueError("arch='hyformer' reads behaviour sequences: the feature spec has no sequence_fields")
-        self._shared = (shared,)  # a tuple: the candidate tokenizer owns (and registers) those tables
-        self.embed = SequenceEmbedder(fields, d_model, _SharedTables(self._shared))
+        self.embed = SequenceEmbedder(fields, d_model, _SharedTables(shared))  # owned by the candidate tokenizer
         self.encoders = nn.ModuleList(SequenceEncoder(encoder, d_model, n_heads, ffn_mult) for _ in range(n_layers))
         self.decoders = nn.ModuleList(QueryDecoder(d_model, n_heads) for _ in range(n_layers))
         gi_user = (n_user_tokens + 1) * d_model  # user tokens and the pooled sequence
@@ -253,10 +252,11 @@ class SequenceSide(nn.Module):
 
 
 class _SharedTables:
-    """Read access to another module's embedding tables by name, without registering them twice."""
+    """Read access to another module's embedding tables by name. Not an nn.Module, so holding it
+    does not register the tables a second time (one checkpoint key per table)."""
 
-    def __init__(self, holder: tuple[nn.ModuleDict]) -> None:
-        self.holder = holder
+    def __init__(self, tables: nn.ModuleDict) -> None:
+        self.tables = tables
 
     def __getitem__(self, name: str) -> nn.Embedding:
-        return self.holder[0][name]
+        return self.tables[name]

@@ -58,16 +58,7 @@ def movielens_spec() -> FeatureSpec:
 def movielens_sequence_spec(seq_len: int = 50) -> FeatureSpec:
     """``movielens_spec`` plus the user's last ``seq_len`` ratings before the row: the film
     (sharing the candidate's item_id table) and the stars given (dense, 1 to 5)."""
-    spec = movielens_spec()
-    item_id = spec.item_fields[0]
-    return FeatureSpec(
-        spec.user_fields, spec.item_fields, spec.dense_policy, spec.context_fields,
-        sequence_fields=(
-            Field("hist_item_id", "categorical", buckets=item_id.buckets, dim=item_id.dim, max_len=seq_len,
-                  shares="item_id"),
-            Field("hist_rating", "dense", max_len=seq_len),
-        ),
-    )
+    return movielens_spec().with_history(seq_len, Field("hist_rating", "dense"))
 
 
 @dataclass(frozen=True)

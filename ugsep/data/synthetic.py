@@ -52,16 +52,7 @@ def synthetic_spec() -> FeatureSpec:
 def synthetic_sequence_spec(seq_len: int = 50) -> FeatureSpec:
     """``synthetic_spec`` plus each user's last ``seq_len`` events: the item (sharing the
     candidate's item_id table) and its category."""
-    spec = synthetic_spec()
-    item_id = spec.item_fields[0]
-    return FeatureSpec(
-        spec.user_fields, spec.item_fields, spec.dense_policy, spec.context_fields,
-        sequence_fields=(
-            Field("hist_item_id", "categorical", buckets=item_id.buckets, dim=item_id.dim, max_len=seq_len,
-                  shares="item_id"),
-            Field("hist_category", "categorical", buckets=N_CATEGORY, dim=8, max_len=seq_len),
-        ),
-    )
+    return synthetic_spec().with_history(seq_len, Field("hist_category", "categorical", buckets=N_CATEGORY, dim=8))
 
 
 @dataclass
