@@ -18,7 +18,7 @@ from ugsep.fused_groups import score_groups_fused
 from ugsep.head import Head
 from ugsep.kernels import Backend, resolve_backend
 from ugsep.mixer import TokenMixerBlock
-from ugsep.sequence import SequenceSide
+from ugsep.sequence import SequenceSide, user_buckets
 from ugsep.state import StateLayout, UserState
 from ugsep.tokenizer import Tokenizer
 
@@ -149,11 +149,12 @@ class RankingModel(nn.Module):
         if self.seq is not None:
             queries = self.seq.group_queries.finish(state.pre[user_index], g.flatten(1))  # (N, N_g, D)
             g, ng, valid = torch.cat([queries, g], dim=1), self.cfg.n_group_queries, state.valid > 0.5
+            buckets = user_buckets(user_index)  # the candidates grouped by user, once for every layer
         heads = state.heads[user_index]  # (N, L, T_u, T_g, d)
         comp = state.comp[user_index] if state.comp is not None else None
         for i, blk in enumerate(self.blocks):
             if self.seq is not None:
-                decoded = self.seq.decoders[i].grouped(g[:, :ng], state.kv[:, i], valid, user_index)
+                decoded = self.seq.decoders[i].grouped(g[:, :ng], state.kv[:, i], valid, buckets)
                 g = torch.cat([decoded, g[:, ng:]], dim=1)
             g = blk.group_step(g, heads[:, i], None if comp is None else comp[:, i])
         return self.output(g, *state.per_candidate(user_index), items)

@@ -24,6 +24,8 @@ UG-Sep composition (the paper has no serving design; these are our choices):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -147,41 +149,62 @@ class QueryDecoder(nn.Module):
         k, v, mask = self._with_null(kv, valid)
         return self.norm(q + self.out(attention(self.q(q), k, v, mask[:, None, None, :], self.n_heads)))
 
-    def grouped(self, q: Tensor, kv: Tensor, valid: Tensor, user_index: Tensor) -> Tensor:
-        """q (N, N_g, D) of N candidates decodes over its user's kv (B_u, 2, L, D) -> (N, N_g, D)."""
+    def grouped(self, q: Tensor, kv: Tensor, valid: Tensor, buckets: list[UserBucket]) -> Tensor:
+        """q (N, N_g, D) of N candidates decodes over its user's kv (B_u, 2, L, D) -> (N, N_g, D);
+        ``buckets``: ``user_buckets`` of the candidates' user index."""
         k, v, mask = self._with_null(kv, valid)
-        att = grouped_attention(self.q(q), k, v, mask, user_index, self.n_heads)
+        att = grouped_attention(self.q(q), k, v, mask, buckets, self.n_heads)
         return self.norm(q + self.out(att))
 
 
-def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, user_index: Tensor, n_heads: int) -> Tensor:
+@dataclass(frozen=True)
+class UserBucket:
+    """Users with a similar candidate count, padded to ``width`` query slots each."""
+
+    candidates: Tensor  # (n,) candidate rows of this bucket, grouped by user
+    row: Tensor  # (n,) each candidate's user row inside the bucket
+    slot: Tensor  # (n,) each candidate's position among its user's candidates
+    users: Tensor  # (U_b,) the bucket's users (rows of the user state)
+    width: int
+
+
+def user_buckets(user_index: Tensor) -> list[UserBucket]:
+    """Group N candidates by user for ``grouped_attention``: users bucketed by candidate count
+    (powers of two: counts in (2^(b-1), 2^b]) and padded within a bucket, so at most 2x padded
+    query rows and one attention call per bucket. It depends on ``user_index`` alone: computed
+    once per ``score_groups`` call and shared by every layer."""
+    if user_index.numel() == 0:
+        return []
+    order = torch.argsort(user_index, stable=True)
+    users, counts = torch.unique_consecutive(user_index[order], return_counts=True)
+    rank = torch.arange(len(order), device=user_index.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts)
+    bucket = torch.ceil(torch.log2(counts.double())).long()
+    cand_bucket = torch.repeat_interleave(bucket, counts)  # per sorted candidate
+    out = []
+    for b in torch.unique(bucket).tolist():
+        in_b, pick = bucket == b, cand_bucket == b
+        slot = torch.cumsum(in_b, 0) - 1  # row of each user inside this bucket
+        out.append(UserBucket(order[pick], torch.repeat_interleave(slot[in_b], counts[in_b]), rank[pick],
+                              users[in_b], 2**b))
+    return out
+
+
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, buckets: list[UserBucket],
+                      n_heads: int) -> Tensor:
     """Candidates' queries q (N, Q, D) attend over their user's k, v (B_u, S, D) -> (N, Q, D).
 
     The candidates of one user are laid out as that user's query sequence (like requests sharing
-    a prefix's KV cache), so each user's K/V is read once per call, never copied per candidate.
-    Users are bucketed by candidate count (powers of two) and padded within a bucket: at most 2x
-    padded query rows, and one attention call per bucket."""
-    n, nq, d = q.shape
+    a prefix's KV cache), so each user's K/V is read once per call, never copied per candidate:
+    one attention call per bucket of ``user_buckets``."""
+    _, nq, d = q.shape
     out = torch.empty_like(q)
-    if n == 0:
-        return out
-    order = torch.argsort(user_index, stable=True)
-    users, counts = torch.unique_consecutive(user_index[order], return_counts=True)
-    rank = torch.arange(n, device=q.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    bucket = torch.ceil(torch.log2(counts.double())).long()  # user's bucket: counts in (2^(b-1), 2^b]
-    cand_bucket = torch.repeat_interleave(bucket, counts)  # per sorted candidate
-    for b in torch.unique(bucket).tolist():
-        in_b = bucket == b
-        slot = torch.cumsum(in_b, 0) - 1  # row of each user inside this bucket
-        pick = cand_bucket == b
-        cand = order[pick]  # candidates of this bucket, grouped by user
-        row = torch.repeat_interleave(slot[in_b], counts[in_b])
-        width = 2**b
-        padded = q.new_zeros(int(in_b.sum()), width, nq, d)
-        padded[row, rank[pick]] = q[cand]
-        got = attention(padded.view(len(padded), width * nq, d), k[users[in_b]], v[users[in_b]],
-                        key_mask[users[in_b]][:, None, None, :], n_heads)
-        out[cand] = got.view(len(padded), width, nq, d)[row, rank[pick]]
+    for bk in buckets:
+        padded = q.new_zeros(len(bk.users), bk.width, nq, d)
+        padded[bk.row, bk.slot] = q[bk.candidates]
+        got = attention(padded.view(len(bk.users), bk.width * nq, d), k[bk.users], v[bk.users],
+                        key_mask[bk.users][:, None, None, :], n_heads)
+        out[bk.candidates] = got.view(len(bk.users), bk.width, nq, d)[bk.row, bk.slot]
     return out
 
 
