@@ -129,7 +129,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def sequence_options(spec) -> dict:
     """load_dataset's arguments for the data a model reads: with its sequences, of its length."""
-    return {"sequences": bool(spec.sequence_fields), "seq_len": spec.sequence_len or 50}
+    from ugsep.data.datasets import SEQUENCE_LEN
+
+    return {"sequences": bool(spec.sequence_fields), "seq_len": spec.sequence_len or SEQUENCE_LEN}
 
 
 def quantize_checkpoint(ckpt: str, out: str, mode: str, dataset: str | None = None, data_dir: str | None = None,
