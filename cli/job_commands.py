@@ -23,7 +23,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from jobs.generate import generate_tables
 
     spark, cfg = spark_job(a)
-    print(json.dumps(generate_tables(spark, cfg, a.ds, a.users, mean_cands=a.mean_candidates)))
+    print(json.dumps(generate_tables(spark, cfg, a.ds, a.users, mean_cands=a.mean_candidates, history=a.history)))
     return 0
 
 
@@ -137,6 +137,9 @@ def register(sub) -> None:
                        help="write a synthetic day into the input Delta tables",
                        description="Write candidates for --ds (replacing that day) and snapshot the "
                                    "user/item feature tables.")
+    p.add_argument("--history", type=int, default=0, metavar="N",
+                   help="also write the events of the day before --ds into user_events, up to N per user "
+                        "(what a sequence model of length N reads); 0: none")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("user-stage", parents=[job, with_model, parent(redis_option)],

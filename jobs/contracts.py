@@ -36,7 +36,8 @@ class TableContract:
 # map to Spark types by kind; the keys and bookkeeping columns are fixed.
 SPARK_TYPE = {FieldKind.CATEGORICAL: "bigint", FieldKind.MULTI: "array<bigint>", FieldKind.DENSE: "double"}
 CANDIDATES, USER_FEATURES, ITEM_FEATURES, LABELS = "candidates", "user_features", "item_features", "labels"
-INPUT_NAMES = (CANDIDATES, USER_FEATURES, ITEM_FEATURES)
+USER_EVENTS = "user_events"
+INPUT_NAMES = (CANDIDATES, USER_FEATURES, ITEM_FEATURES, USER_EVENTS)
 
 
 def _field_columns(fields: tuple[Field, ...], key: str) -> tuple[tuple[str, str], ...]:
@@ -64,10 +65,63 @@ def item_features_contract(spec: FeatureSpec) -> TableContract:
                          key=("item_id",), latest_by="updated_at", fields=_named(spec.item_fields, "item"))
 
 
+# The events table: one row per (user, item, time) event; the sequence fields are read from it.
+EVENT_KEYS = (("ds", "string"), ("user_id", "bigint"), ("item_id", "bigint"), ("event_ts", "timestamp"))
+HISTORY_PREFIX = "hist_"
+
+
+@dataclass(frozen=True)
+class SequenceSource:
+    """Where a sequence field's values come from: ``column`` of the event row (``table`` is
+    user_events), or the item feature ``column`` of the event's item (``table`` is item_features)."""
+
+    field: Field
+    column: str
+    table: str
+
+
+def sequence_sources(spec: FeatureSpec) -> tuple[SequenceSource, ...]:
+    """Each sequence field's source, derived from its name: a field that ``shares`` an item field
+    reads that field, any other reads its name less the ``hist_`` prefix (``with_history`` names
+    them so). That column is the event's own ``item_id`` for ``item_id``, the event's item's
+    feature for another item field (``hist_category`` -> item_features.category, so the event
+    needs its item's features), else a column of user_events (``hist_rating`` -> rating)."""
+    items = {f.name: f for f in spec.item_fields}
+    reserved = {c for c, _ in EVENT_KEYS} - {"item_id"}
+    sources, seen = [], {}
+    for f in spec.sequence_fields:
+        column = f.shares or f.name.removeprefix(HISTORY_PREFIX)
+        if column in reserved:
+            raise ValueError(f"sequence field {f.name!r} would read the events table's key column {column!r}; "
+                             f"name it after an item field or a column of the event")
+        if column in seen:
+            raise ValueError(f"sequence fields {seen[column]!r} and {f.name!r} both read column {column!r}")
+        seen[column] = f.name
+        table = ITEM_FEATURES if column in items and column != "item_id" else USER_EVENTS
+        if column in items and items[column].kind != f.kind:
+            raise ValueError(f"sequence field {f.name!r} ({f.kind.value}) reads item field {column!r}, which is "
+                             f"{items[column].kind.value}; they must be of one kind")
+        sources.append(SequenceSource(f, column, table))
+    return tuple(sources)
+
+
+def user_events_contract(spec: FeatureSpec) -> TableContract:
+    """(ds, user_id, item_id, event_ts) and the event columns the spec's sequence fields read
+    (``sequence_sources``), partitioned by ds, the UTC day of event_ts. Which events make a
+    user's sequence (before the scoring day, the latest ``max_len``) is ``jobs/events.py``'s rule."""
+    own = [s for s in sequence_sources(spec) if s.table == USER_EVENTS]
+    extra = tuple((s.column, SPARK_TYPE[s.field.kind]) for s in own if s.column != "item_id")
+    needs = tuple((s.column, f"the model's sequence field {s.field.name!r} ({s.field.kind.value})") for s in own)
+    return TableContract(USER_EVENTS, (*EVENT_KEYS, *extra), partition_by=("ds",), fields=needs)
+
+
 def input_contracts(spec: FeatureSpec) -> dict[str, TableContract]:
-    """The contracts of the tables a model with this spec reads, by table name."""
-    return {c.name: c for c in (candidates_contract(spec), user_features_contract(spec),
-                                item_features_contract(spec))}
+    """The contracts of the tables a model with this spec reads, by table name (user_events only
+    when the spec has sequence fields)."""
+    contracts = [candidates_contract(spec), user_features_contract(spec), item_features_contract(spec)]
+    if spec.sequence_fields:
+        contracts.append(user_events_contract(spec))
+    return {c.name: c for c in contracts}
 
 
 def _named(fields: tuple[Field, ...], side: str) -> tuple[tuple[str, str], ...]:
