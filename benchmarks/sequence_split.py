@@ -14,7 +14,8 @@ On CUDA (default when available): bf16, d_model 512 with T = 16 tokens, 8192 can
 L=1000 it runs ~2000 rows a call; the split path encodes at most as many users. CUDA events, median of repeats
 after warm-up. On the CPU (``--cpu`` or no CUDA): float32, d_model 64, a smaller grid.
 
-    python benchmarks/sequence_split.py [--cpu] [--quick] [--encoder swiglu|attention] [--compile] [--json]
+    python benchmarks/sequence_split.py [--cpu] [--quick] [--encoder swiglu|attention] [--compile]
+                                        [--collective-kv] [--json]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 
 from ugsep.data.synthetic import synthetic_sequence_spec
 from ugsep.features import PAD_ID, FeatureSpec, Field, FieldKind
+from ugsep.kernels import Backend
 from ugsep.model import ModelConfig, RankingModel
 
 # Token counts of the default config (T = 4 + 4 + 4 + 4 = 16 positions), two layers, the token-mixer head.
@@ -100,11 +102,12 @@ def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
     return float(np.median(times))
 
 
-def build_model(seq_len: int, encoder: str, d_model: int, device: torch.device, dtype: torch.dtype) -> RankingModel:
+def build_model(seq_len: int, encoder: str, d_model: int, device: torch.device, dtype: torch.dtype,
+                collective_kv: bool = False) -> RankingModel:
     """The same weights for every L (seeded), with a head that spreads logits, so the agreement check means
     something (as tests/conftest.py's make_model does)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="hyformer", seq_encoder=encoder, d_model=d_model, **TOKENS)
+    cfg = ModelConfig(arch="hyformer", seq_encoder=encoder, d_model=d_model, collective_kv=collective_kv, **TOKENS)
     model = RankingModel(synthetic_sequence_spec(seq_len), cfg)
     with torch.no_grad():
         model.head[-1].weight.mul_(20.0)
@@ -174,12 +177,14 @@ def halve_until_it_fits(run, n_users: int):
 
 
 def compiled_paths(model, use_compile: bool):
-    """(full, encode_users, score_groups): the model's own methods, or each under torch.compile."""
+    """(full, encode_users, score_groups): the model's own methods, or under torch.compile; the
+    item side is left as it is where it runs fused (Triton kernels and varlen flash attention)."""
     if not use_compile:
         return model, model.encode_users, model.score_groups
     torch._dynamo.reset()  # compiled for this cell's shapes (the first warm-up call compiles)
+    fused = model.kernels is Backend.TRITON
     return (torch.compile(model, dynamic=False), torch.compile(model.encode_users, dynamic=False),
-            torch.compile(model.score_groups, dynamic=False))
+            model.score_groups if fused else torch.compile(model.score_groups, dynamic=False))
 
 
 def main() -> None:
@@ -199,7 +204,10 @@ def main() -> None:
                     help="peak for the item side's %% of peak (default 989: H100 SXM bf16 dense; H200 the same)")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads (default: torch's; 1 under --quick; 1 avoids contention on a busy machine)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile both paths (compiled per cell)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the full forward and encode_users, and score_groups unless it runs fused")
+    ap.add_argument("--collective-kv", action="store_true",
+                    help="the model keeps its sequence K/V as CollectiveKV pool indices + 4 user dims (pool 10,000)")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of results")
     a = ap.parse_args()
 
@@ -228,12 +236,15 @@ def main() -> None:
           + (f"{'item %peak':>10} " if gpu else "") + f"{'max|diff|':>9}")
     results, states = [], {}
     for seq_len in p["lengths"]:
-        model = build_model(seq_len, a.encoder, p["d_model"], device, dtype)
+        model = build_model(seq_len, a.encoder, p["d_model"], device, dtype, a.collective_kv)
         layout = model.state_layout
         f32, bf16 = layout.bytes_per_user(torch.float32), layout.bytes_per_user(torch.bfloat16)
-        states[seq_len] = {"floats": layout.width, "bytes_float32": f32, "bytes_bf16": bf16}
+        kv, plain = layout.kv_bytes_per_user(), layout.uncompressed_kv_bytes_per_user()
+        states[seq_len] = {"floats": layout.width, "bytes_float32": f32, "bytes_bf16": bf16,
+                           "kv_bytes": kv, "kv_bytes_plain_bf16": plain}
         print(f"L={seq_len}: user state {layout.width:,} floats/user = {f32 / 1e6:.3f} MB float32, "
-              f"{bf16 / 1e6:.3f} MB bf16")
+              f"{bf16 / 1e6:.3f} MB bf16; sequence K/V as kept {kv:,} bytes/user, plain bf16 K/V {plain:,} "
+              f"({plain / kv:.1f}x)")
         for per_user in p["candidates"]:
             paths = compiled_paths(model, a.compile)
             r = run_cell(model, paths, model.spec, seq_len, per_user, p, device, dtype, seed=seq_len * 1000 + per_user)

@@ -23,7 +23,11 @@ def report(model, test, extra: dict) -> dict:
     seq = model.spec.sequence_fields
     if seq:
         out["seq_len_mean"] = round(float((test.users[seq[0].name][test.user_row] != PAD_ID).sum(1).mean()), 2)
-    out["state_bytes_per_user"] = model.state_layout.bytes_per_user() if model.cfg.separated else None
+    layout = model.state_layout
+    out["state_bytes_per_user"] = layout.bytes_per_user() if model.cfg.separated else None
+    if layout.kv_user_dim:  # CollectiveKV: the K/V as stored (indices + user dims) vs the bf16 K/V they replace
+        out["kv_bytes_per_user"] = layout.kv_bytes_per_user()
+        out["state_bytes_per_user_uncompressed"] = layout.uncompressed_kv_bytes_per_user()
     out.update(
         params=model.num_params(),
         flops_per_candidate=round(model.flops_per_candidate(cands_per_user)),
@@ -72,7 +76,8 @@ def train_one(a: argparse.Namespace, spec, train, test, seed: int, out: Path) ->
 
     cfg = ModelConfig(arch=a.arch, compensation=a.compensation, d_model=a.d_model, n_user_tokens=a.user_tokens,
                       n_group_tokens=a.group_tokens, n_layers=a.layers, dropout=a.dropout, fm_dim=a.fm_dim,
-                      seq_encoder=a.seq_encoder)
+                      seq_encoder=a.seq_encoder, collective_kv=a.collective_kv, kv_pool_size=a.kv_pool_size,
+                      kv_user_dim=a.kv_user_dim)
     tcfg = TrainConfig(max_epochs=a.max_epochs, patience=a.patience, monitor=a.monitor, val_share=a.val_share,
                        eval_every=a.eval_every, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                        batching=a.batching or ("users" if a.arch == "hyformer" else "rows"), seed=seed)
@@ -247,6 +252,12 @@ def register(sub) -> None:
     m.add_argument("--sequences", action=argparse.BooleanOptionalAction, default=None,
                    help="load the dataset with behaviour sequences (default: only for hyformer)")
     m.add_argument("--seq-len", type=int, default=50, help="events kept per user history (default %(default)s)")
+    m.add_argument("--collective-kv", action="store_true",
+                   help="hyformer: keep sequence K/V as shared pool rows + a few user dims (CollectiveKV)")
+    m.add_argument("--kv-pool-size", type=int, default=model_defaults.kv_pool_size,
+                   help="CollectiveKV: rows of each K and V pool (default %(default)s)")
+    m.add_argument("--kv-user-dim", type=int, default=model_defaults.kv_user_dim,
+                   help="CollectiveKV: user-specific dims of each K and V (default %(default)s)")
     m.add_argument("--fm-dim", type=int, default=model_defaults.fm_dim,
                    help="factor width of the FM interaction between fields; 0: none (default %(default)s)")
     o = t.add_argument_group("training")

@@ -79,6 +79,9 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
     path = cfg.table_path(BASELINE_TABLE)
     job = start_job(spark, cfg, "baseline-score", ds, ckpt, [(SCORES, path), (QUARANTINE, cfg.table_path(QUARANTINE))])
     ds, spec, version, summary, run_id = job.ds, job.spec, job.version, job.summary, job.run_id
+    if spec.sequence_fields:
+        raise ValueError(f"{ckpt}: the model reads behaviour sequences; the naive baseline job scores models "
+                         "without them only (score a sequence model with user-stage + score-stage)")
     tagged = None
     try:
         with summary.timed("read+validate"):

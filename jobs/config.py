@@ -41,8 +41,8 @@ class JobConfig:
 
 
 PATH_KEYS = ("warehouse", "model")
-INPUT_TABLES = ("candidates", "user_features", "item_features", "labels")
-RENAMEABLE = ("ds", "user_id", "item_id", "updated_at")  # key columns a warehouse may name otherwise
+INPUT_TABLES = ("candidates", "user_features", "item_features", "labels", "user_events")
+RENAMEABLE = ("ds", "user_id", "item_id", "updated_at", "event_ts")  # key columns a warehouse may name otherwise
 SOURCE_KEYS = ("path", "table", *RENAMEABLE)
 
 

@@ -56,13 +56,8 @@ def require_inputs(spark: SparkSession, cfg: JobConfig, spec: FeatureSpec) -> No
 
 
 def checked_checkpoint(ckpt: str) -> tuple[FeatureSpec, str]:
-    """The checkpoint's (spec, model_version), its weights verified against the version. A model
-    that reads behaviour sequences is refused: the jobs do not load sequence tables yet."""
+    """The checkpoint's (spec, model_version), its weights verified against the version."""
     info = checkpoint_info(ckpt)
-    if info.spec.sequence_fields:
-        names = [f.name for f in info.spec.sequence_fields]
-        raise ValueError(f"{ckpt}: the model reads behaviour sequences ({', '.join(names)}); the Spark jobs "
-                         "do not load sequence tables yet: score it in Python (ugsep eval, RankingModel.score)")
     weights = Path(ckpt).resolve() / WEIGHTS
     stat = weights.stat() if weights.exists() else None
     _verified(str(Path(ckpt).resolve()), stat and (stat.st_size, stat.st_mtime_ns, stat.st_ino))

@@ -60,7 +60,7 @@ def _run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool
         quarantine_reasons={**{f"user:{k}": v for k, v in user["quarantine_reasons"].items()},
                             **{f"score:{k}": v for k, v in score["quarantine_reasons"].items()}},
         unknown_categorical={**user["unknown_categorical"], **score["unknown_categorical"]},
-        users_computed_on_the_fly=score["users_computed_on_the_fly"],
+        users_computed_on_the_fly=score["users_computed_on_the_fly"], events=user["events"],
         run_id=score["run_id"], commits={**user["commits"], **score["commits"]},
         seconds={**{f"user-stage/{k}": v for k, v in user["seconds"].items()},
                  **{f"score-stage/{k}": v for k, v in score["seconds"].items()}},

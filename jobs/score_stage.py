@@ -146,6 +146,10 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
             users = with_reasons_of_stateless_users(users, feats, spec)
             cands = with_reasons_of_stateless_users(with_state_flag(cands, state), feats, spec)
             counts = tally_per_user(users, spec.candidate_fields)
+        if counts.stateless_users and compute_missing and spec.sequence_fields:
+            raise UserStateError(f"{counts.stateless_users} users of ds={ds} have no user_state, and --compute-missing "
+                                 "cannot encode them here: a sequence model reads their events, which the user "
+                                 "stage builds; run `ugsep user-stage` for this ds first")
         if counts.stateless_users and not compute_missing:
             sample = [r[0] for r in users.where(F.col(REASON).isNull() & F.col("_has_state").isNull())
                       .select("user_id").limit(5).collect()]

@@ -28,6 +28,7 @@ class JobSummary:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     unknown_categorical: dict[str, int] = field(default_factory=dict)
     users_computed_on_the_fly: int = 0
+    events: dict[str, int | dict[str, int]] = field(default_factory=dict)  # sequence models: what became of events
     seconds: dict[str, float] = field(default_factory=dict)
     run_id: str = ""  # tags the job's Delta commits (userMetadata)
     commits: dict[str, int] = field(default_factory=dict)  # table -> Delta version of this run's commit for ds

@@ -63,11 +63,18 @@ def encode_user_batches(batches: Iterable[pa.RecordBatch], ckpt: str, device: st
         step = users_per_call or whole.num_rows
         for start in range(0, whole.num_rows, max(step, 1)):
             batch = whole.slice(start, step)
-            users = to_tensors(field_columns(_columns(batch), model.spec.user_fields), device)
+            users = to_tensors(user_columns(_columns(batch), model.spec), device)
             with torch.inference_mode():
                 state = model.encode_users(users).to_flat().float().cpu().numpy()
             yield pa.RecordBatch.from_arrays([batch.column("user_id"), list_column(state)], schema=STATE_SCHEMA)
             exit_once(exit_marker)
+
+
+def user_columns(cols: dict[str, pa.Array], spec) -> dict[str, np.ndarray]:
+    """The user fields and, for a sequence model, the sequence fields (``jobs.events`` arrays,
+    oldest first) in the model's layout."""
+    out = field_columns(cols, spec.user_fields)
+    return out | (field_columns(cols, spec.sequence_fields, sequence=True) if spec.sequence_fields else {})
 
 
 def score_user_rows(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
@@ -113,7 +120,7 @@ def _users_state(model: RankingModel, cols: dict[str, pa.Array], starts: np.ndar
         users = to_tensors(field_columns(sub, model.spec.user_fields), device)
         flat[~known] = model.encode_users(users).to_flat().float().cpu().numpy()
     dtype = next(model.parameters()).dtype
-    return UserState.from_flat(torch.from_numpy(flat).to(device, dtype), model.state_layout)
+    return UserState.from_flat(torch.from_numpy(flat).to(device), model.state_layout, dtype)
 
 
 def rank_within_users(user_index: torch.Tensor, scores: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:

@@ -53,11 +53,13 @@ def test_a_field_kind_the_converter_does_not_know_is_refused(tmp_path):
         job_start.checked_checkpoint(str(tmp_path / "m"))
 
 
-def test_a_model_that_reads_sequences_is_refused_by_name(tmp_path):
+def test_a_sequence_model_is_accepted_and_needs_the_events_table(tmp_path):
+    from jobs.contracts import USER_EVENTS, input_contracts
     from ugsep.config import ModelConfig
     from ugsep.data.synthetic import synthetic_sequence_spec
     from ugsep.model import RankingModel
 
     save_checkpoint(RankingModel(synthetic_sequence_spec(8), ModelConfig(arch="hyformer")), tmp_path / "h")
-    with pytest.raises(ValueError, match=r"reads behaviour sequences \(hist_item_id, hist_category\)"):
-        job_start.checked_checkpoint(str(tmp_path / "h"))
+    spec, _ = job_start.checked_checkpoint(str(tmp_path / "h"))
+    assert [f.name for f in spec.sequence_fields] == ["hist_item_id", "hist_category"]
+    assert USER_EVENTS in input_contracts(spec)

@@ -60,7 +60,8 @@ def float_model(request):
 def split_and_full(model, users, items, idx):
     """(split, full) logits: the user state through its flat (stored) form, as serving reads it."""
     with torch.no_grad():
-        state = UserState.from_flat(model.encode_users(users).to_flat(), model.state_layout)
+        dtype = next(model.parameters()).dtype
+        state = UserState.from_flat(model.encode_users(users).to_flat(), model.state_layout, dtype)
         return model.score_groups(state, items, idx), model(users, items, idx)
 
 

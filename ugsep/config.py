@@ -11,7 +11,8 @@ from ugsep.features import at_least, check_fields, one_of
 
 ARCHS = ("rankmixer", "ugsep", "hyformer")
 SEQ_ENCODERS = ("swiglu", "attention")
-HYFORMER_KEYS = ("n_user_queries", "n_group_queries", "seq_encoder", "n_heads")
+COLLECTIVE_KEYS = ("kv_pool_size", "kv_user_dim")
+HYFORMER_KEYS = ("n_user_queries", "n_group_queries", "seq_encoder", "n_heads", "collective_kv", *COLLECTIVE_KEYS)
 POOLS = ("group", "all")
 
 
@@ -37,10 +38,13 @@ class ModelConfig:
     n_group_queries: int = at_least(1, 4)  # queries that read the candidate: group positions (T = 16 by default)
     seq_encoder: str = one_of(SEQ_ENCODERS, "swiglu")  # per-position SwiGLU or causal self-attention
     n_heads: int = at_least(1, 4)  # heads of query decoding (and of the attention encoder)
+    collective_kv: bool = False  # sequence K/V as a shared pool row + user dims (ugsep.collective_kv)
+    kv_pool_size: int = at_least(1, 10_000)  # CollectiveKV: rows of each of the K and V pools
+    kv_user_dim: int = at_least(1, 4)  # CollectiveKV: user-specific dimensions of each K and V
 
     # Keys added after checkpoints were first written: absent from a saved config, a key means
     # this value, the behaviour before it existed (not the current default, the training recipe).
-    ABSENT_MEANS: ClassVar[dict[str, Any]] = {"dropout": 0.0, "fm_dim": 0}
+    ABSENT_MEANS: ClassVar[dict[str, Any]] = {"dropout": 0.0, "fm_dim": 0, "collective_kv": False}
 
     def __post_init__(self) -> None:
         check_fields(self)  # types and ranges, arch and pool among them, before any arithmetic
@@ -50,6 +54,9 @@ class ModelConfig:
                              + (" (hyformer: T counts the query tokens)" if self.arch == "hyformer" else ""))
         if self.arch == "hyformer" and self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.collective_kv and (self.arch != "hyformer" or self.kv_user_dim >= self.d_model):
+            raise ValueError("collective_kv compresses hyformer's sequence K/V: it needs arch='hyformer' and "
+                             f"kv_user_dim < d_model (got arch={self.arch!r}, kv_user_dim={self.kv_user_dim})")
 
     @property
     def n_user_positions(self) -> int:
@@ -75,10 +82,12 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         """The saved form: keys at their ``ABSENT_MEANS`` value and, outside hyformer, the
-        hyformer keys are left out, so an older model's config (and model_version) is unchanged."""
+        hyformer keys are left out (the CollectiveKV sizes without CollectiveKV), so an older
+        model's config (and model_version) is unchanged."""
         absent = self.ABSENT_MEANS
         d = {k: v for k, v in asdict(self).items() if k not in absent or v != absent[k]}
-        return d if self.arch == "hyformer" else {k: v for k, v in d.items() if k not in HYFORMER_KEYS}
+        unused = (() if self.arch == "hyformer" else HYFORMER_KEYS) + (() if self.collective_kv else COLLECTIVE_KEYS)
+        return {k: v for k, v in d.items() if k not in unused}
 
 
 MONITORS = ("logloss", "auc")
@@ -103,6 +112,7 @@ class TrainConfig:
     warmup_steps: int = at_least(0, 100)  # linear warm-up from 0 to lr
     lr_decay: float = 1.0  # learning rate multiplied by this per epoch (smoothly, per step)
     grad_clip: float = at_least(0.0, 1.0)  # max global gradient norm; 0: no clipping
+    aux_loss_weight: float = at_least(0.0, 0.01)  # CollectiveKV's peak + balance losses, added to the log loss
     seed: int = 0  # model init, batch order and dropout
 
     def __post_init__(self) -> None:

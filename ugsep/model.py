@@ -53,7 +53,9 @@ class RankingModel(nn.Module):
         self.item_fm = SideFM(spec.candidate_fields, cfg.fm_dim) if cfg.fm_dim else None
         self.seq = SequenceSide(spec.sequence_fields, cfg.n_layers, d, tu, tg, cfg.n_user_queries,
                                 cfg.n_group_queries, cfg.seq_encoder, cfg.n_heads, cfg.ffn_mult,
-                                self.item_tokenizer.embed.tables) if cfg.arch == "hyformer" else None
+                                self.item_tokenizer.embed.tables,
+                                (cfg.kv_pool_size, cfg.kv_user_dim) if cfg.collective_kv else None,
+                                ) if cfg.arch == "hyformer" else None
         self.use_kernels(Backend.AUTO)
 
     # --- full forward: the reference ---
@@ -80,7 +82,7 @@ class RankingModel(nn.Module):
         xg = torch.cat([seq.group_queries.finish(seq.group_queries.user_part(gi_user), g.flatten(1)), g], dim=1)
         for enc, dec, blk in zip(seq.encoders, seq.decoders, self.blocks, strict=True):
             h = enc(h, valid)  # H_l (N, L, D)
-            kv = dec.keys_values(h)  # (N, 2, L, D)
+            kv = dec.keys_values(h, valid)  # (N, 2, L, D)
             xu = torch.cat([dec(xu[:, :nu], kv, valid), xu[:, nu:]], dim=1)
             xg = torch.cat([dec(xg[:, :ng], kv, valid), xg[:, ng:]], dim=1)
             x = blk(torch.cat([xu, xg], dim=1))  # boosting: the UG-Sep token mixer
@@ -103,13 +105,14 @@ class RankingModel(nn.Module):
             has_comp=c.uses_compensation, has_pooled=c.pool == "all", fm_width=c.fm_dim + 1 if c.fm_dim else 0,
             seq_len=self.spec.sequence_len if self.seq is not None else 0,
             n_group_queries=c.n_group_queries if self.seq is not None else 0,
+            kv_user_dim=c.kv_user_dim if c.collective_kv else 0, kv_pool_size=c.kv_pool_size if c.collective_kv else 0,
         )
 
     def encode_users(self, users: dict[str, Tensor]) -> UserState:
         """Run the user positions through every layer once per user; keep what candidates read."""
         self._require_split()
         u = self.user_tokenizer(users)  # (B_u, T_u, D)
-        kvs, valid, pre = [], None, None
+        kvs, compressed, valid, pre = [], [], None, None
         if self.seq is not None:  # hyformer: the sequence, its K/V and the user queries, once per user
             seq, nu = self.seq, self.cfg.n_user_queries
             h, valid, gi_user = seq.user_inputs(users, u)
@@ -118,9 +121,13 @@ class RankingModel(nn.Module):
         heads, comps = [], []
         for i, blk in enumerate(self.blocks):
             if self.seq is not None:
-                h = self.seq.encoders[i](h, valid)
-                kvs.append(self.seq.decoders[i].keys_values(h))  # (B_u, 2, L, D)
-                u = torch.cat([self.seq.decoders[i](u[:, :nu], kvs[-1], valid), u[:, nu:]], dim=1)
+                h, dec = self.seq.encoders[i](h, valid), self.seq.decoders[i]
+                if dec.ckv is None or self.training:  # training keeps K/V expanded: the gate is training-only
+                    kvs.append(dec.keys_values(h, valid))  # (B_u, 2, L, D)
+                else:  # CollectiveKV: the state keeps the indices and user parts, K/V are rebuilt for decoding
+                    compressed.append(dec.ckv.compress(h, valid)[:2])
+                    kvs.append(dec.ckv.expand(*compressed[-1]))
+                u = torch.cat([dec(u[:, :nu], kvs[-1], valid), u[:, nu:]], dim=1)
             u, read, comp = blk.user_step(u)
             heads.append(read)
             comps.append(comp)
@@ -129,7 +136,11 @@ class RankingModel(nn.Module):
             comp=torch.stack(comps, dim=1) if self.cfg.uses_compensation else None,
             pooled=self.head.user_sum(u),
             fm=self.user_fm(users) if self.user_fm is not None else None,  # (B_u, k + 1)
-            kv=torch.stack(kvs, dim=1) if kvs else None,  # (B_u, layers, 2, L, D)
+            # (B_u, layers, 2, L, D), each layer's K and V a (B_u, L, D) slab in memory (varlen decoding reads them so)
+            kv=torch.stack([kv.transpose(0, 1) for kv in kvs]).permute(2, 0, 1, 3, 4) if kvs and not compressed
+            else None,
+            kv_index=torch.stack([c[0] for c in compressed], dim=1) if compressed else None,  # (B_u, layers, 2, L)
+            kv_user=torch.stack([c[1] for c in compressed], dim=1) if compressed else None,  # (.., L, d_user)
             valid=valid.to(u.dtype) if valid is not None else None,  # (B_u, L) 1 = event
             pre=pre,
         )
@@ -137,13 +148,15 @@ class RankingModel(nn.Module):
     def score_groups(self, state: UserState, items: dict[str, Tensor], user_index: Tensor) -> Tensor:
         """Logits (N,) for N candidates from precomputed user state; no user-side work.
 
-        With Triton kernels (``use_kernels``) and autograd off, the ugsep item side runs fused
-        (``ugsep.fused_groups``, which has no backward); otherwise as written here. Under
+        With Triton kernels (``use_kernels``) and autograd off, the item side runs fused
+        (``ugsep.fused_groups``, which has no backward; hyformer in bf16/fp16 only); otherwise as
+        written here. Under
         hyformer each layer first decodes the candidates' queries over their user's cached K/V,
         one attention call per user bucket (``ugsep.sequence.grouped_attention``).
         """
         self._require_split()
-        if self.kernels is Backend.TRITON and not torch.is_grad_enabled() and self.seq is None:
+        if self.kernels is Backend.TRITON and not torch.is_grad_enabled() and (
+                self.seq is None or state.valid.dtype in (torch.bfloat16, torch.float16)):  # flash: half only
             return score_groups_fused(self, state, items, user_index)
         g = self.item_tokenizer(items)  # (N, T_g, D)
         if self.seq is not None:
@@ -154,10 +167,26 @@ class RankingModel(nn.Module):
         comp = state.comp[user_index] if state.comp is not None else None
         for i, blk in enumerate(self.blocks):
             if self.seq is not None:
-                decoded = self.seq.decoders[i].grouped(g[:, :ng], state.kv[:, i], valid, buckets)
+                decoded = self.seq.decoders[i].grouped(g[:, :ng], self.layer_kv(state, i), valid, buckets)
                 g = torch.cat([decoded, g[:, ng:]], dim=1)
             g = blk.group_step(g, heads[:, i], None if comp is None else comp[:, i])
         return self.output(g, *state.per_candidate(user_index), items)
+
+    def layer_kv(self, state: UserState, layer: int) -> Tensor:
+        """(B_u, 2, L, D): layer ``layer``'s sequence K/V from the state, rebuilt from the pool
+        where CollectiveKV compressed them."""
+        if state.kv is not None:
+            return state.kv[:, layer]
+        return self.seq.decoders[layer].ckv.expand(state.kv_index[:, layer], state.kv_user[:, layer])
+
+    def auxiliary_loss(self) -> Tensor | float:
+        """The training losses the last forward left beside the logits (CollectiveKV's routing
+        losses, summed over layers), each read once; 0.0 when there are none."""
+        losses = [d.ckv.aux_loss for d in (self.seq.decoders if self.seq is not None else ())
+                  if d.ckv is not None and d.ckv.aux_loss is not None]
+        for d in self.seq.decoders if losses else ():
+            d.ckv.aux_loss = None
+        return sum(losses) if losses else 0.0
 
     def score(self, users: dict[str, Tensor], items: dict[str, Tensor], user_index: Tensor) -> Tensor:
         """The fastest exact path: split for ugsep and hyformer, full forward for rankmixer."""

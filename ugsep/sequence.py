@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ugsep.collective_kv import CollectiveKV
 from ugsep.features import PAD_ID, Field, FieldKind
 from ugsep.layers import PerTokenLinear
 from ugsep.tokenizer import _dense, embed_ids
@@ -124,18 +125,25 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, n_heads: int) -> Te
 
 
 class QueryDecoder(nn.Module):
-    """Q' = LN(Q + W_o MHA(W_q Q, K, V)) with K, V from this layer's H and a null slot."""
+    """Q' = LN(Q + W_o MHA(W_q Q, K, V)) with K, V from this layer's H and a null slot.
 
-    def __init__(self, d_model: int, n_heads: int) -> None:
+    K, V are a projection of H, or with ``collective`` (``ugsep.collective_kv``) a shared pool
+    row plus a few user-specific dimensions per position."""
+
+    def __init__(self, d_model: int, n_heads: int, collective: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.n_heads = n_heads
-        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model) if collective is None else None
+        self.ckv = CollectiveKV(d_model, *collective) if collective is not None else None
         self.null_kv = nn.Parameter(torch.zeros(2, d_model))
         self.q, self.out, self.norm = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model), nn.LayerNorm(d_model)
 
-    def keys_values(self, h: Tensor) -> Tensor:
-        """(B, L, D) -> (B, 2, L, D): K_l and V_l of a sequence (what the user state keeps)."""
-        return self.kv(h).unflatten(-1, (2, -1)).transpose(1, 2)
+    def keys_values(self, h: Tensor, valid: Tensor) -> Tensor:
+        """(B, L, D), (B, L) -> (B, 2, L, D): K_l and V_l of a sequence (with CollectiveKV in
+        training, the pool rows are gated)."""
+        if self.ckv is None:
+            return self.kv(h).unflatten(-1, (2, -1)).transpose(1, 2)
+        return self.ckv.expand(*self.ckv.compress(h, valid))
 
     def _with_null(self, kv: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b = kv.shape[0]
@@ -237,13 +245,13 @@ class SequenceSide(nn.Module):
 
     def __init__(self, fields: tuple[Field, ...], n_layers: int, d_model: int, n_user_tokens: int,
                  n_group_tokens: int, n_user_queries: int, n_group_queries: int, encoder: str, n_heads: int,
-                 ffn_mult: int, shared: nn.ModuleDict) -> None:
+                 ffn_mult: int, shared: nn.ModuleDict, collective: tuple[int, int] | None = None) -> None:
         super().__init__()
         if not fields:
             raise ValueError("arch='hyformer' reads behaviour sequences: the feature spec has no sequence_fields")
         self.embed = SequenceEmbedder(fields, d_model, _SharedTables(shared))  # owned by the candidate tokenizer
         self.encoders = nn.ModuleList(SequenceEncoder(encoder, d_model, n_heads, ffn_mult) for _ in range(n_layers))
-        self.decoders = nn.ModuleList(QueryDecoder(d_model, n_heads) for _ in range(n_layers))
+        self.decoders = nn.ModuleList(QueryDecoder(d_model, n_heads, collective) for _ in range(n_layers))
         gi_user = (n_user_tokens + 1) * d_model  # user tokens and the pooled sequence
         self.user_queries = QueryGenerator(n_user_queries, gi_user, gi_user, d_model)
         self.group_queries = QueryGenerator(n_group_queries, gi_user + n_group_tokens * d_model, gi_user, d_model)
@@ -252,6 +260,7 @@ class SequenceSide(nn.Module):
         self._shapes = {  # matmul weights (multiply-adds per row) for ``flops``
             "d": d, "layers": n_layers, "embed": self.embed.proj.in_features * d,
             "encoder": 3 * ffn_mult * d * d + (4 * d * d if attention else 0), "self_attention": int(attention),
+            "kv": self.decoders[0].ckv.flops_per_event() // 2 if collective else 2 * d * d,
             "user_queries": n_user_queries * (gi_user * d + d * d),
             "group_queries_user": n_group_queries * gi_user * d,
             "group_queries_item": n_group_queries * (n_group_tokens * d * d + d * d),
@@ -262,7 +271,7 @@ class SequenceSide(nn.Module):
         from the layer shapes fixed at construction (quantized layers keep their weights as buffers)."""
         z, s, d = self._shapes, seq_len, self._shapes["d"]
         decode = 2 * 2 * d * d + 2 * 2 * (s + 1) * d  # q and out projections, QK^T and AV over s + 1 slots
-        per_layer = 2 * s * (z["encoder"] + 2 * d * d) + z["self_attention"] * 2 * 2 * s * s * d
+        per_layer = 2 * s * (z["encoder"] + z["kv"]) + z["self_attention"] * 2 * 2 * s * s * d
         user = 2 * s * z["embed"] + z["layers"] * (per_layer + self.n_user_queries * decode)
         user += 2 * z["user_queries"] + 2 * z["group_queries_user"]
         item = 2 * z["group_queries_item"] + z["layers"] * self.n_group_queries * decode

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ugsep.collective_kv import CollectiveKV
 from ugsep.config import ModelConfig, TrainConfig
 from ugsep.data.ranking_data import RankingData, batch_tensors, split_last_share, whole_user_cuts
 from ugsep.features import FeatureSpec
@@ -251,8 +252,9 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, data: RankingData, idx: 
         g["lr"] = g["peak_lr"] * scale
     users, items, user_index, y = batch_tensors(data, idx, device)
     loss = F.binary_cross_entropy_with_logits(model.score(users, items, user_index), y)
+    aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else 0.0  # CollectiveKV's routing losses
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss + tcfg.aux_loss_weight * aux).backward()
     if tcfg.grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
     opt.step()
@@ -261,8 +263,10 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, data: RankingData, idx: 
 
 def param_groups(model: nn.Module, tcfg: TrainConfig) -> list[dict[str, Any]]:
     """Embedding tables, weight matrices, and the rest (biases, norms): decay only where it
-    regularises a map; embeddings get their own rate and decay."""
+    regularises a map; embeddings get their own rate and decay. CollectiveKV's pools are tables
+    too (rows looked up by index, most of them untouched by any one batch)."""
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    tables |= {id(m.pool) for m in model.modules() if isinstance(m, CollectiveKV)}
     groups: dict[str, list[nn.Parameter]] = {"embedding": [], "matrix": [], "other": []}
     for name, p in model.named_parameters():
         kind = "embedding" if id(p) in tables else "other" if p.ndim < 2 or name.endswith("bias") else "matrix"

@@ -8,7 +8,8 @@ What each layer becomes (``quantizable_layers`` and ``w8a16_linears`` list them)
   ``cfg.n_user_positions`` (user tokens, and under hyformer the user queries before them);
   hyformer's user-query generator (user side only) and candidate-query generator (below);
 - hyformer's ``nn.Linear`` sequence layers (``QuantLinear``), all W8A16: the event projection,
-  every encoder layer, the decoders' K/V projection (all once per user), and the decoders' query
+  every encoder layer, the decoders' K/V projection or CollectiveKV router and user projection (all
+  once per user; the pools stay float), and the decoders' query
   and output projections, which serve user queries (once per user) and candidate queries (per
   candidate) through one module: one format for both calls, and W8A16 is the user side's;
 - the item tokenizer (small K), the blocks' compensation maps and the head stay float.
@@ -59,7 +60,8 @@ def w8a16_linears(model: RankingModel) -> dict[str, nn.Linear]:
         names = ("ffn.gate_up", "ffn.down") + (("qkv", "out") if enc.kind == "attention" else ())
         layers.update({f"seq.encoders.{i}.{n}": enc.get_submodule(n) for n in names})
     for i, dec in enumerate(seq.decoders):
-        layers.update({f"seq.decoders.{i}.{n}": dec.get_submodule(n) for n in ("kv", "q", "out")})
+        kv = ("kv",) if dec.ckv is None else ("ckv.router", "ckv.user")  # CollectiveKV: its pool stays float
+        layers.update({f"seq.decoders.{i}.{n}": dec.get_submodule(n) for n in (*kv, "q", "out")})
     return layers
 
 

@@ -1,0 +1,73 @@
+"""CollectiveKV (arXiv 2601.19178): most of what a sequence's keys and values carry is shared
+across users, so a learnable pool holds it and each user keeps only pool indices and a few
+user-specific dimensions.
+
+For one layer's sequence representation H (B, L, D), separately for K and for V:
+    idx    = argmax_j (H W_r)_j                    top-1 routing over ``pool_size`` pool rows
+    K      = [gate * P_K[idx] ; SiLU(H W_u)]       (B, L, D - d_user) shared ; (B, L, d_user) user
+    gate   = sigmoid(top-1 logit)                  training only: the peak loss drives it to 1,
+                                                   so inference uses P_K[idx] as is
+Training adds (``aux_loss``, weighted by the trainer):
+    peak loss     -mean log gate                   over the valid positions
+    balance loss  KL(mean routing distribution || uniform), over the valid positions
+
+What a user's state keeps per layer and position: the two indices and the two user parts
+(``compress``); ``expand`` rebuilds K and V from them and the pool, on the device, where
+candidates read them. In eval mode the full forward and the split path both drop the gate, so
+they compute the same K and V.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class CollectiveKV(nn.Module):
+    """Routers, pools and user projections for K and V of one layer."""
+
+    def __init__(self, d_model: int, pool_size: int, user_dim: int) -> None:
+        super().__init__()
+        if not 0 < user_dim < d_model:
+            raise ValueError(f"kv_user_dim={user_dim} must be between 1 and d_model - 1 = {d_model - 1}")
+        self.pool_size, self.user_dim = pool_size, user_dim
+        self.router = nn.Linear(d_model, 2 * pool_size)  # W_r for K, then for V
+        self.user = nn.Linear(d_model, 2 * user_dim)  # W_u for K, then for V
+        self.pool = nn.Parameter(torch.randn(2, pool_size, d_model - user_dim) / math.sqrt(d_model))  # P_K, P_V
+        self.aux_loss: Tensor | None = None  # set by ``compress`` in training mode, read by the trainer
+
+    def compress(self, h: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """h (B, L, D), valid (B, L) -> (idx (B, 2, L) int64, user parts (B, 2, L, d_user), gate
+        (B, 2, L) in training, else None). Training also sets ``aux_loss``."""
+        logits = self.router(h).unflatten(-1, (2, self.pool_size)).transpose(1, 2)  # (B, 2, L, P)
+        top, idx = logits.max(-1)
+        user = F.silu(self.user(h)).unflatten(-1, (2, self.user_dim)).transpose(1, 2)  # (B, 2, L, d_user)
+        if not self.training:
+            return idx, user, None
+        gate = torch.sigmoid(top)
+        self.aux_loss = self._losses(logits, gate, valid)
+        return idx, user, gate
+
+    def _losses(self, logits: Tensor, gate: Tensor, valid: Tensor) -> Tensor:
+        """peak + balance over the valid positions (0 when the batch has none)."""
+        w = valid.unsqueeze(1).to(logits.dtype)  # (B, 1, L)
+        n = w.sum().clamp(min=1.0) * 2
+        peak = -(torch.log(gate.clamp(min=1e-6)) * w).sum() / n
+        mean_p = (torch.softmax(logits.float(), -1) * w.unsqueeze(-1)).sum((0, 2)) / (n / 2)  # (2, P)
+        balance = (mean_p * torch.log(mean_p.clamp(min=1e-12) * self.pool_size)).sum(-1).mean()
+        return peak + balance
+
+    def expand(self, idx: Tensor, user: Tensor, gate: Tensor | None = None) -> Tensor:
+        """(B, 2, L) indices, (B, 2, L, d_user) user parts [, gate (B, 2, L)] -> K/V (B, 2, L, D),
+        K and V each a (B, L, D) slab in memory (as varlen decoding reads them)."""
+        shared = torch.stack([self.pool[0][idx[:, 0]], self.pool[1][idx[:, 1]]])  # (2, B, L, D - d_user)
+        if gate is not None:
+            shared = shared * gate.transpose(0, 1).unsqueeze(-1)
+        return torch.cat([shared.to(user.dtype), user.transpose(0, 1)], dim=-1).transpose(0, 1)
+
+    def flops_per_event(self) -> int:
+        """Matmul FLOPs of routing and the user projections per sequence position."""
+        return 2 * (self.router.weight.numel() + self.user.weight.numel())
