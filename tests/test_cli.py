@@ -100,6 +100,12 @@ def test_hyformer_trains_on_movielens_histories_and_reports_its_state_size(tmp_p
                              "--sequences", "--seq-len", "8", "--max-epochs", "1", "--out", str(tmp_path / "us"))
                        .stdout.strip().splitlines()[-1])
     assert plain["arch"] == "ugsep" and plain["seq_len_mean"] == out["seq_len_mean"]  # same data, histories unread
+    ckv = json.loads(ugsep("train", "--dataset", "movielens-100k", "--data-dir", str(tmp_path / "ml"), "--arch",
+                           "hyformer", "--seq-len", "8", "--max-epochs", "1", "--collective-kv", "--kv-pool-size",
+                           "300", "--kv-user-dim", "2", "--out", str(tmp_path / "ckv")).stdout.strip().splitlines()[-1])
+    # per layer and position: 2 int16 indices + 2 x 2 bf16 user dims = 12 bytes, against 2 x 64 bf16 = 256
+    assert ckv["kv_bytes_per_user"] == 2 * 8 * 12 and ckv["state_bytes_per_user_uncompressed"] == 2 * 8 * 256
+    assert ckv["state_bytes_per_user"] < out["state_bytes_per_user"] / 2
 
 
 def test_bad_input_gives_clear_error(tmp_path):
