@@ -32,8 +32,8 @@ def score_groups_fused(model: nn.Module, state: UserState, items: dict[str, Tens
     if user_index.numel() == 0:  # no candidates: no kernels to launch
         return torch.empty(0, device=user_index.device, dtype=model.head[-1].weight.dtype)
     seq, order = model.seq, None
-    if seq is not None and not bool((user_index[1:] >= user_index[:-1]).all()):
-        order = torch.argsort(user_index, stable=True)  # decoding reads each user's candidates as one run
+    if seq is not None:  # decoding reads each user's candidates as one run (no host sync to check first)
+        order = torch.argsort(user_index, stable=True)
         items, user_index = {k: v[order] for k, v in items.items()}, user_index[order]
     g = model.item_tokenizer(items)  # (N, T_g, D)
     if seq is not None:

@@ -43,16 +43,18 @@ def decode_plan(user_index: Tensor, valid: Tensor, n_queries: int) -> DecodePlan
     """user_index (N,) sorted ascending; valid (B_u, S) 1 where an event is, right-aligned."""
     b_u, s = valid.shape
     lens = (valid > 0.5).sum(1)  # (B_u,)
-    if not torch.equal(valid > 0.5, torch.arange(s, device=valid.device) >= s - lens[:, None]):
-        raise ValueError("varlen decoding needs right-aligned histories (padding first, the latest event last)")
     counts = torch.bincount(user_index, minlength=b_u)  # candidates per user
+    misaligned = ((valid > 0.5) != (torch.arange(s, device=valid.device) >= s - lens[:, None])).any()
+    bad, most = torch.stack([misaligned.long(), counts.max()]).tolist()  # one host sync for both
+    if bad:
+        raise ValueError("varlen decoding needs right-aligned histories (padding first, the latest event last)")
     starts = torch.arange(b_u, device=valid.device) * s + s - lens
     return DecodePlan(
         cu_q=F.pad(torch.cumsum(counts * n_queries, 0), (1, 0)).int(),
         cu_k=torch.cat([starts, starts.new_full((1,), b_u * s)]).int(),
         used_k=lens.int(),
         has_events=(lens > 0)[user_index].repeat_interleave(n_queries),
-        max_q=int(counts.max()) * n_queries,
+        max_q=most * n_queries,
         max_k=s,
     )
 
