@@ -19,8 +19,13 @@ Each job then runs ``--repeats`` times, alternating (two-stage, baseline, two-st
 the model reference as often: the fastest of each counts. One run of a job on this shared
 2-core machine varied by 10-20% from run to run.
 
+With ``--sequence-len N`` the day also has N-event user histories (``user_events``) and both
+jobs run one HyFormer checkpoint (``--collective-kv``: with CollectiveKV): the two-stage job
+encodes each sequence once per user, the baseline once per candidate row, which carries it.
+
     python benchmarks/spark_pipeline.py [--users 20000] [--mean-candidates 100] [--d-model 128]
         [--warmup-users 2000] [--repeats 2] [--conf KEY=VALUE ...] [--json]
+    python benchmarks/spark_pipeline.py --sequence-len 200 --users 1000 --warmup-users 200 [--collective-kv]
 """
 
 from __future__ import annotations
@@ -37,12 +42,12 @@ from split_vs_full import MIXER_ONLY  # noqa: E402  (benchmarks/ is the script's
 
 from jobs.baseline import run_baseline
 from jobs.config import JobConfig, spark_conf_pairs
-from jobs.generate import generate_tables, synthetic_tables
+from jobs.generate import generate_tables, synthetic_histories, synthetic_tables
 from jobs.run_day import run_day
 from jobs.spark_session import build_spark
 from ugsep.checkpoint import load_checkpoint, save_checkpoint
 from ugsep.data.ranking_data import RankingData, to_tensors, whole_user_cuts
-from ugsep.data.synthetic import join_day, synthetic_spec
+from ugsep.data.synthetic import join_day, synthetic_sequence_spec, synthetic_spec
 from ugsep.host_memory import keep_freed_memory
 from ugsep.model import ModelConfig, RankingModel
 from ugsep.state import UserState
@@ -57,6 +62,8 @@ def _score_share(ckpt: str, a: argparse.Namespace, part: int, parts: int, barrie
     keep_freed_memory()  # as the Spark workers do
     model, _ = load_checkpoint(ckpt)
     users, items, cands = synthetic_tables(DS, a.users, mean_cands=a.mean_candidates)
+    if a.sequence_len:  # the histories the jobs build from user_events
+        users = synthetic_histories(DS, a.users, history=a.sequence_len)
     mine = cands["user_id"] % parts == part
     data = join_day(users, items, {k: v[mine] for k, v in cands.items()}, model.spec)
     data = data.take(np.argsort(data.user_row, kind="stable"))  # its users only, candidates in user order
@@ -108,6 +115,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="runs of each job (alternating); the fastest counts")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                    help="Spark setting for the session, e.g. to compare JVM options (repeatable)")
+    p.add_argument("--sequence-len", type=int, default=0,
+                   help="behaviour sequences of this length and a HyFormer model for both jobs (0: none)")
+    p.add_argument("--collective-kv", action="store_true", help="with --sequence-len: the HyFormer uses CollectiveKV")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     a = p.parse_args()
     try:
@@ -117,26 +127,33 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="ugsep-bench-")
     torch.manual_seed(0)
-    spec = synthetic_spec()
+    spec = synthetic_sequence_spec(a.sequence_len) if a.sequence_len else synthetic_spec()
     dims = dict(d_model=a.d_model, n_user_tokens=a.tokens, n_group_tokens=a.tokens, **MIXER_ONLY)
-    for arch in ("ugsep", "rankmixer"):
-        save_checkpoint(RankingModel(spec, ModelConfig(arch=arch, compensation=False, **dims)), f"{work}/{arch}")
-    cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/ugsep", users_per_batch=a.users_per_batch,
+    if a.sequence_len:  # one HyFormer for both jobs: split by the two stages, full forward per row by the baseline
+        hy = ModelConfig(arch="hyformer", compensation=False, collective_kv=a.collective_kv, **dims)
+        dims = hy.to_dict()
+        save_checkpoint(RankingModel(spec, hy), f"{work}/split")
+        base_ckpt = f"{work}/split"
+    else:
+        for arch, name in (("ugsep", "split"), ("rankmixer", "rankmixer")):
+            save_checkpoint(RankingModel(spec, ModelConfig(arch=arch, compensation=False, **dims)), f"{work}/{name}")
+        base_ckpt = f"{work}/rankmixer"
+    cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/split", users_per_batch=a.users_per_batch,
                     max_candidates_per_call=a.max_candidates_per_call)
     spark = build_spark("ugsep-bench", conf)
     if a.warmup_users:  # generated first: each day rewrites the user and item feature tables
-        generate_tables(spark, cfg, WARMUP_DS, a.warmup_users, mean_cands=a.mean_candidates)
-    gen = generate_tables(spark, cfg, DS, a.users, mean_cands=a.mean_candidates)
+        generate_tables(spark, cfg, WARMUP_DS, a.warmup_users, mean_cands=a.mean_candidates, history=a.sequence_len)
+    gen = generate_tables(spark, cfg, DS, a.users, mean_cands=a.mean_candidates, history=a.sequence_len)
     print(f"day: {gen['candidates']:,} candidates, {gen['users']:,} users; "
           f"{spark.sparkContext.defaultParallelism} Spark cores", flush=True)
 
     if a.warmup_users:  # neither job should pay the session's first-use costs for the other
         run_day(spark, cfg, WARMUP_DS)
-        run_baseline(spark, cfg, WARMUP_DS, ckpt=f"{work}/rankmixer")
+        run_baseline(spark, cfg, WARMUP_DS, ckpt=base_ckpt)
 
     walls: dict[str, list[float]] = {"two-stage": [], "baseline": []}
     jobs = {"two-stage": lambda: run_day(spark, cfg, DS),
-            "baseline": lambda: run_baseline(spark, cfg, DS, ckpt=f"{work}/rankmixer")}
+            "baseline": lambda: run_baseline(spark, cfg, DS, ckpt=base_ckpt)}
     for _ in range(a.repeats):
         for name, job in jobs.items():
             t = time.perf_counter()
@@ -147,7 +164,7 @@ def main() -> None:
                   ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()), flush=True)
     wall_two, wall_base = min(walls["two-stage"]), min(walls["baseline"])
 
-    models = [model_seconds(f"{work}/ugsep", a, spark.sparkContext.defaultParallelism) for _ in range(a.repeats)]
+    models = [model_seconds(f"{work}/split", a, spark.sparkContext.defaultParallelism) for _ in range(a.repeats)]
     model_secs = min(models)
     result = {
         "candidates": gen["candidates"], "users": gen["users"], "dims": dims, "conf": conf,

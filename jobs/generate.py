@@ -57,21 +57,31 @@ def previous_day(ds: str) -> str:
     return (dt.date.fromisoformat(parse_ds(ds)) - dt.timedelta(days=1)).isoformat()
 
 
-def synthetic_events(ds: str, n_users: int, n_items: int = 0, history: int = 50) -> pa.Table:
-    """user_events rows of the day before ``ds``: each user's synthetic history (``with_sequences``
-    of the feature day, seeded by ``ds``; up to ``history`` items, some users none), its events
-    spread evenly over that UTC day in history order, so a sequence built as of ``ds`` is it."""
+def synthetic_histories(ds: str, n_users: int, n_items: int = 0, history: int = 50) -> dict[str, np.ndarray]:
+    """Each user's synthetic history as of ``ds`` (``with_sequences`` of the feature day, seeded by
+    ``ds``; up to ``history`` events, some users none): the users' columns of the feature day plus
+    ``hist_item_id`` (item ids) and ``hist_category``, (U, history) right-aligned, as the model reads them."""
     n_items = n_items or max(2 * n_users, 1000)
     feats = generate_day(n_users, n_items, mean_cands=1, max_cands=1, seed=FEATURE_SEED)
-    hist = with_sequences(feats, history, seed=zlib.crc32(ds.encode())).users["hist_item_id"]  # (U, L) right-aligned
+    users = with_sequences(feats, history, seed=zlib.crc32(ds.encode())).users
+    hist = users["hist_item_id"]  # item rows
+    ids = np.where(hist != PAD_ID, feats.items["item_id"][np.where(hist != PAD_ID, hist, 0)], PAD_ID)
+    return {**users, "hist_item_id": ids.astype(np.int64)}
+
+
+def synthetic_events(ds: str, n_users: int, n_items: int = 0, history: int = 50) -> pa.Table:
+    """user_events rows of the day before ``ds``: each user's ``synthetic_histories``, its events
+    spread evenly over that UTC day in history order, so a sequence built as of ``ds`` is it."""
+    users = synthetic_histories(ds, n_users, n_items, history)
+    hist = users["hist_item_id"]  # (U, L) right-aligned item ids
     valid = hist != PAD_ID
     slot = np.broadcast_to(np.arange(history), hist.shape)[valid]  # row by row, oldest first
     start_us = (day_start(ds) * 1_000_000) - DAY_US
     ts = start_us + (slot + 1) * (DAY_US // (history + 1))
     return pa.table({
         "ds": pa.array([previous_day(ds)] * len(slot), pa.string()),
-        "user_id": pa.array(np.repeat(feats.users["user_id"], valid.sum(1)).astype(np.int64)),
-        "item_id": pa.array(feats.items["item_id"][hist[valid]].astype(np.int64)),
+        "user_id": pa.array(np.repeat(users["user_id"], valid.sum(1)).astype(np.int64)),
+        "item_id": pa.array(hist[valid]),
         "event_ts": pa.array(ts.astype(np.int64), pa.timestamp("us", tz="UTC")),
     })
 

@@ -91,3 +91,19 @@ def test_user_state_holds_the_compressed_kv_and_events_are_counted(spark, seq_ru
     assert ev["events_after_day"] == 1 and ev["events_duplicate"] == 1 and ev["events_quarantined"] == 0
     quarantined = spark.read.format("delta").load(cfg.table_path(QUARANTINE)).where(F.col("ds") == DS).count()
     assert quarantined == 0
+
+
+def test_the_naive_baseline_scores_a_sequence_model_like_the_two_stages(spark, seq_run):
+    """Every candidate row carries its user's whole sequence through predict_batch_udf."""
+    from jobs.baseline import BASELINE_TABLE, run_baseline
+
+    cfg, _, _ = seq_run
+    summary = run_baseline(spark, cfg, DS, batch_size=64)
+    assert summary["events"]["events_after_day"] == 1
+    base = spark.read.format("delta").load(cfg.table_path(BASELINE_TABLE)).where(F.col("ds") == DS).toPandas() \
+        .sort_values(["user_id", "item_id"]).reset_index(drop=True)
+    two = spark.read.format("delta").load(cfg.table_path(SCORES)).where(F.col("ds") == DS).toPandas() \
+        .sort_values(["user_id", "item_id"]).reset_index(drop=True)
+    np.testing.assert_array_equal(base["item_id"], two["item_id"])
+    np.testing.assert_allclose(base["score"], two["score"], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(base["rank"], two["rank"])
