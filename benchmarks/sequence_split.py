@@ -9,7 +9,7 @@ ratio ``flops_per_candidate(1) / flops_per_candidate(C)`` and measured / FLOPs; 
 (``score_groups`` on a ready state) with its achieved FLOP/s; and the largest |split - full| logit difference,
 checked once per cell outside the timing (float32: a tight bound; bf16: a loose one, reported).
 
-On CUDA (default when available): bf16, d_model 512 with T = 16 tokens, 8192 candidates per call, but at most
+On CUDA (default when available): bf16, d_model 512 with T = 16 tokens, 32768 candidates per call, but at most
 2**21 sequence events (rows x L) per call for the full forward (its activations are rows x L x 8 D), so at
 L=1000 it runs ~2000 rows a call; the split path encodes at most as many users. CUDA events, median of repeats
 after warm-up. On the CPU (``--cpu`` or no CUDA): float32, d_model 64, a smaller grid.
@@ -36,7 +36,7 @@ from ugsep.model import ModelConfig, RankingModel
 
 # Token counts of the default config (T = 4 + 4 + 4 + 4 = 16 positions), two layers, the token-mixer head.
 TOKENS = dict(n_user_tokens=4, n_group_tokens=4, n_user_queries=4, n_group_queries=4, n_layers=2, pool="group")
-GPU = dict(d_model=512, lengths=(50, 200, 1000), candidates=(1, 10, 100, 500), rows=8192, max_events=2**21,
+GPU = dict(d_model=512, lengths=(50, 200, 1000), candidates=(1, 10, 100, 500), rows=32768, max_events=2**21,
            warmup=2, repeats=10)
 CPU = dict(d_model=64, lengths=(50, 200), candidates=(1, 10, 100), rows=512, max_events=2**16, warmup=1, repeats=5)
 QUICK = dict(d_model=32, lengths=(16,), candidates=(1, 8), rows=32, max_events=2**10, warmup=1, repeats=2)
@@ -195,7 +195,7 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=0, help="token width (default 512 GPU, 64 CPU); divisible by 16")
     ap.add_argument("--lengths", default="", help="sequence lengths L, comma-separated (default 50,200,1000 GPU)")
     ap.add_argument("--candidates", default="", help="candidates per user (default 1,10,100,500 GPU, 1,10,100 CPU)")
-    ap.add_argument("--rows", type=int, default=0, help="candidates per call (default 8192 GPU, 512 CPU)")
+    ap.add_argument("--rows", type=int, default=0, help="candidates per call (default 32768 GPU, 512 CPU)")
     ap.add_argument("--max-events", type=int, default=0,
                     help="cap on rows x L per call of the full forward, and on users x L of the split "
                          "(default 2**21 GPU, 2**16 CPU)")

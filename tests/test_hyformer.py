@@ -164,7 +164,8 @@ def test_varlen_decode_equals_the_padded_attention():
     dec = hyformer().seq.decoders[0].cuda().to(torch.bfloat16)
     lens = torch.tensor([0, 1, 5, L, L, 3, 0], device="cuda")
     valid = (torch.arange(L, device="cuda") >= L - lens[:, None]).to(torch.bfloat16)
-    kv = dec.keys_values(torch.randn(len(lens), L, 64, device="cuda", dtype=torch.bfloat16))  # (B_u, 2, L, D)
+    h = torch.randn(len(lens), L, 64, device="cuda", dtype=torch.bfloat16)
+    kv = dec.keys_values(h, valid > 0.5)  # (B_u, 2, L, D)
     kv = kv.transpose(0, 1).contiguous().transpose(0, 1)  # K and V as (B_u, L, D) slabs, as the state keeps them
     counts = torch.tensor([3, 40, 1, 0, 7, 2, 5], device="cuda")
     idx = torch.repeat_interleave(torch.arange(len(lens), device="cuda"), counts)

@@ -71,9 +71,11 @@ def varlen_decode(q: Tensor, k: Tensor, v: Tensor, null_kv: Tensor, plan: Decode
         0.0, False, False, seqused_k=plan.used_k)[:2]
     lse = lse.view(n_heads, -1)[:, : n * nq].t()  # (total_q, H): log-sum-exp of the scaled event scores
     lse = torch.where(plan.has_events[:, None], lse, -math.inf)  # no events: the kernel's value is a placeholder
-    null_k, null_v = null_kv.float().view(2, n_heads, hd)
-    s_null = (qh.float() * null_k).sum(-1) / math.sqrt(hd)  # (total_q, H)
+    null_k, null_v = null_kv.view(2, n_heads, hd)
+    s_null = (qh.float() * null_k.float()).sum(-1) / math.sqrt(hd)  # (total_q, H)
     top = torch.maximum(lse, s_null)
     w_events, w_null = torch.exp(lse - top), torch.exp(s_null - top)
-    merged = (out.float() * w_events[..., None] + null_v * w_null[..., None]) / (w_events + w_null)[..., None]
-    return merged.to(q.dtype).view(n, nq, d)
+    total = w_events + w_null  # the weights are per (query, head); the wide products stay in q's dtype
+    merged = torch.addcmul(out * (w_events / total).to(q.dtype)[..., None], null_v.to(q.dtype),
+                           (w_null / total).to(q.dtype)[..., None])
+    return merged.view(n, nq, d)
