@@ -80,7 +80,7 @@ def train_one(a: argparse.Namespace, spec, train, test, seed: int, out: Path) ->
                       kv_user_dim=a.kv_user_dim)
     tcfg = TrainConfig(max_epochs=a.max_epochs, patience=a.patience, monitor=a.monitor, val_share=a.val_share,
                        eval_every=a.eval_every, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-                       batching=a.batching or ("users" if a.arch == "hyformer" else "rows"), seed=seed)
+                       batching=a.batching, seed=seed)
     result = train_model(spec, cfg, train, tcfg, state_path=out / STATE_FILE, resume=a.resume)
     extra = {"dataset": a.dataset, "data_dir": a.data_dir, "seed": a.seed, "train_seed": seed,
              "train_config": tcfg.to_dict()}
@@ -272,9 +272,9 @@ def register(sub) -> None:
     o.add_argument("--eval-every", type=int, default=0,
                    help="also evaluate every N steps inside an epoch (default: at epoch ends only)")
     o.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
-    o.add_argument("--batching", choices=("rows", "users"), default=None,
-                   help="rows: shuffled candidates; users: whole users per step, each user's side encoded once "
-                        "(default: users for hyformer, else rows)")
+    o.add_argument("--batching", choices=("rows", "users"), default=train_defaults.batching,
+                   help="rows: shuffled candidates (default: the better validation log loss for every arch); "
+                        "users: whole users per step, each user's side encoded once (faster under hyformer)")
     o.add_argument("--lr", type=float, default=train_defaults.lr, help="peak learning rate (default %(default)s)")
     o.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay,
                    help="decoupled weight decay of the weight matrices (default %(default)s)")
