@@ -50,10 +50,13 @@ def split_and_full(model, users, items, idx):
         return model.score_groups(state, items, idx), model(users, items, idx)
 
 
+@pytest.mark.parametrize("collective", [False, True], ids=["kv", "collective_kv"])
 @pytest.mark.parametrize("encoder", ["swiglu", "attention"])
-def test_split_equals_full_for_empty_single_and_full_histories(encoder):
-    """Users with 0, 1 and L events, with 1 and 1,000 candidates."""
-    model = hyformer(seq_encoder=encoder, pool="all", fm_dim=8)
+def test_split_equals_full_for_empty_single_and_full_histories(encoder, collective):
+    """Users with 0, 1 and L events, with 1 and 1,000 candidates; with CollectiveKV the state
+    keeps pool indices and user dims (through its flat form)."""
+    ckv = dict(collective_kv=True, kv_pool_size=1000) if collective else {}
+    model = hyformer(seq_encoder=encoder, pool="all", fm_dim=8, **ckv)
     users, items, idx = batch([0, 1, L, 0, L, 1], [1, 1000, 1, 1000, 1000, 3])
     split, full = split_and_full(model, users, items, idx)
     assert torch.isfinite(full).all() and full.std() > 0.5
