@@ -5,10 +5,7 @@ The eager path gathers each candidate's user heads, concatenates, transposes bet
 and the (T, N, D) that per-position products read, and runs residual, LayerNorm, GELU and
 FP8-quantization as separate passes. Here one kernel mixes + adds + normalizes (+ quantizes for
 an FP8 layer), one applies GELU while quantizing the hidden rows, one adds the FFN residual +
-normalizes. Same math as ``RankingModel.score_groups``, but for one rounding-level difference: a
-float layer in bf16/fp16 applies GELU in fc1's GEMM epilogue (cuBLASLt), whose GELU is the tanh
-form, within 5e-4 of the exact one the eager path applies (bf16 rounds a hidden value near 1 by
-4e-3). Tests compare the two. CUDA only, no
+normalizes. Same math as ``RankingModel.score_groups``; tests compare the two. CUDA only, no
 backward: ``RankingModel.score_groups`` takes it where ``use_kernels`` resolved to Triton.
 
 Under hyformer the candidate queries are the first N_g group positions: the candidates are put
@@ -23,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ugsep.layers import PerTokenLinear
 from ugsep.state import UserState
 
 
@@ -74,8 +70,6 @@ def _ffn(blk: nn.Module, s: Tensor, s_fp8: tuple[Tensor, Tensor] | None, fp8_qua
     """The per-token FFN of one layer's group positions, position-major: (T_g, N, D) -> (T_g, N, D)."""
     fc1, fc2 = blk.ffn.fc1, blk.ffn.fc2
     positions = slice(blk.n_user, blk.n_tokens)
-    if type(fc1) is PerTokenLinear and s.dtype in (torch.bfloat16, torch.float16):  # GELU in fc1's epilogue
-        return fc2.positions_first(fc1.positions_first(s, positions, gelu=True), positions)
     h = fc1.positions_first(s, positions, s_fp8) if s_fp8 else fc1.positions_first(s, positions)
     if _takes_fp8(fc2):
         return fc2.positions_first(None, positions, fp8_quantize_rows(h, gelu=True))

@@ -27,30 +27,23 @@ class PerTokenLinear(nn.Module):
         # x: (B, T', d_in) -> (T', B, d_in) so each position's product is one matrix product
         return self.positions_first(x.transpose(0, 1), positions).transpose(0, 1)
 
-    def positions_first(self, x: Tensor, positions: slice = slice(None), gelu: bool = False) -> Tensor:
-        """The same map in position-major layout: (T', B, d_in) -> (T', B, d_out); ``gelu``:
-        GELU's tanh form applied to the result (in the GEMM's epilogue where it can be)."""
-        return per_token_product(x, self.weight[positions], self.bias[positions], gelu)
+    def positions_first(self, x: Tensor, positions: slice = slice(None)) -> Tensor:
+        """The same map in position-major layout: (T', B, d_in) -> (T', B, d_out)."""
+        return per_token_product(x, self.weight[positions], self.bias[positions])
 
 
-def per_token_product(x: Tensor, w: Tensor, b: Tensor, gelu: bool = False) -> Tensor:
-    """(T', B, K) @ (T', K, N) + (T', N) -> (T', B, N) in the fastest exact form for the shape
-    [, then GELU's tanh form]."""
+def per_token_product(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """(T', B, K) @ (T', K, N) + (T', N) -> (T', B, N) in the fastest exact form for the shape."""
     if x.is_cuda and x.shape[1] >= ADDMM_MIN_ROWS and not torch.is_grad_enabled():
-        return per_position_addmm(x, w, b, gelu)
-    y = torch.baddbmm(b.unsqueeze(1), x, w)
-    return F.gelu(y, approximate="tanh") if gelu else y
+        return per_position_addmm(x, w, b)
+    return torch.baddbmm(b.unsqueeze(1), x, w)
 
 
-def per_position_addmm(x: Tensor, w: Tensor, b: Tensor, gelu: bool = False) -> Tensor:
-    """(T', B, K) @ (T', K, N) + (T', N) -> (T', B, N): one addmm per position, written in place;
-    ``gelu``: cuBLASLt's GELU epilogue (GELU's tanh form, within 5e-4 of the exact one)."""
+def per_position_addmm(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """(T', B, K) @ (T', K, N) + (T', N) -> (T', B, N): one addmm per position, written in place."""
     y = torch.empty((x.shape[0], x.shape[1], w.shape[2]), device=x.device, dtype=x.dtype)
     for t in range(x.shape[0]):
-        if gelu:
-            torch._addmm_activation(b[t], x[t], w[t], use_gelu=True, out=y[t])
-        else:
-            torch.addmm(b[t], x[t], w[t], out=y[t])
+        torch.addmm(b[t], x[t], w[t], out=y[t])
     return y
 
 
