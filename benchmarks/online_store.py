@@ -115,7 +115,7 @@ def main() -> None:
     try:
         for name, conn in stores.items():
             m = materialize_day(spark, cfg, DS, redis=conn, with_user_features=False)
-            scorer = OnlineScorer(cfg.model, cfg.warehouse, redis=conn)
+            scorer = OnlineScorer(cfg.model, cfg.warehouse, redis=conn, read="feast")  # lean: scoring_service.py
             one = latencies_ms(lambda: scorer.fetch_states([int(rng.choice(ids))]), a.lookups)
             hundred = latencies_ms(lambda: scorer.fetch_states(rng.choice(ids, 100).tolist()), a.lookups // 4)
             uid = int(ids[0])

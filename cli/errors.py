@@ -12,9 +12,9 @@ with the traceback. Argument errors are argparse's own (usage, then one error li
     2     bad input         ValueError, FileNotFoundError, KeyError, bad arguments
     3     checkpoint        CheckpointError, SplitInferenceError, StateVersionError
     4     tables            ContractError, Spark's AnalysisException
-    5     data not ready    EmptyDayError, UserStateError, UnknownUserError
+    5     data not ready    EmptyDayError, UserStateError, UnknownUserError, SequenceFeaturesError
     6     concurrent write  DayConflictError, Delta's concurrent-modification exceptions
-    7     feature store     Feast objects not registered, Redis unreachable, other Feast errors
+    7     feature store     Feast objects not registered, Redis unreachable, no online table, other Feast errors
     130   interrupted       Ctrl-C
 
 Types are named as ``"module:Class"`` and looked up only in modules already imported (an
@@ -53,14 +53,16 @@ FAMILIES: list[Family] = [
     Family(("jobs.delta_io:ContractError",), 4, "tables", "{msg}"),
     Family(("pyspark.errors:AnalysisException",), 4, "tables",
            "Spark cannot read or write a table: {msg} (are the job config's warehouse and [tables] right?)"),
-    Family(("jobs.validation:EmptyDayError", "jobs.score_stage:UserStateError"), 5, "data not ready", "{msg}"),
+    Family(("jobs.validation:EmptyDayError", "jobs.score_stage:UserStateError",
+            "serving.online_scorer:SequenceFeaturesError"), 5, "data not ready", "{msg}"),
     Family(("serving.online_scorer:UnknownUserError",), 5, "data not ready",
            "{msg} (is the user id right? `ugsep materialize --ds DAY` loads a day's users)"),
     Family(("jobs.delta_io:DayConflictError",), 6, "concurrent write", "{msg}"),  # its text says all of CONCURRENT
     Family(tuple(f"delta.exceptions:{n}" for n in DELTA_CONFLICTS), 6, "concurrent write", CONCURRENT),
     Family(("feast.errors:FeastObjectNotFoundException", "feast.errors:ProjectNotFoundException"),
            7, "feature store", "{msg}: run `ugsep features apply` for this warehouse (same --config) first"),
-    Family(("feature_store.store:OnlineStoreError",), 7, "feature store", "{msg}"),
+    Family(("feature_store.store:OnlineStoreError", "serving.state_reader:OnlineStoreLayoutError"), 7,
+           "feature store", "{msg}"),
     Family(("redis.exceptions:ConnectionError", "redis.exceptions:TimeoutError"), 7, "feature store",
            "the Redis online store{where} is unreachable ({msg}); is redis-server running?"),
     Family(("feast.errors:FeastError",), 7, "feature store", "feature store: {msg}"),

@@ -1,4 +1,4 @@
-"""Feature-store commands: features apply, materialize, serve-score."""
+"""Feature-store and serving commands: features apply, materialize, serve-score, serve."""
 
 from __future__ import annotations
 
@@ -44,6 +44,30 @@ def cmd_serve_score(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    import torch
+
+    from serving.app import ServeLimits, serve
+    from serving.batching import BatchSettings
+    from serving.online_scorer import OnlineScorer
+
+    for name in ("port", "max_candidates", "max_body_bytes", "max_batch_candidates", "threads"):
+        value = getattr(a, name)
+        if value is not None and (value < 1 or (name == "port" and value > 65535)):
+            raise ValueError(f"--{name.replace('_', '-')} must be {'1..65535' if name == 'port' else 'at least 1'}, "
+                             f"got {value}")
+    if a.batch_window_ms < 0:
+        raise ValueError(f"--batch-window-ms must be at least 0, got {a.batch_window_ms}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = job_config(a)
+    scorer = OnlineScorer(cfg.model, cfg.warehouse, redis=a.redis or cfg.redis or None, read=a.read,
+                          other_version=a.other_version)
+    serve(scorer, a.host, a.port, ServeLimits(a.max_candidates, a.max_body_bytes),
+          BatchSettings(not a.no_batching, a.batch_window_ms, a.max_batch_candidates), a.log_level)
+    return 0
+
+
 def register(sub) -> None:
     store = parent(config_options, redis_option)
     f = sub.add_parser("features", parents=[store], help="Feast repository commands",
@@ -68,3 +92,27 @@ def register(sub) -> None:
     o.add_argument("--user-id", type=int, required=True)
     o.add_argument("--items", required=True, help="JSON file: a list of candidate objects with item fields")
     o.set_defaults(func=cmd_serve_score)
+
+    s = sub.add_parser("serve", parents=[store, parent(model_option)],
+                       help="an HTTP scoring service (POST /score) over the online store",
+                       description="Load the model once and answer POST /score {user_id, candidates} with the "
+                                   "candidates' scores, from the user's stored state (or its features); "
+                                   "GET /health, /ready, /stats. Stops on SIGINT/SIGTERM.")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--read", choices=("lean", "feast"), default="lean",
+                   help="how user state is read: straight from SQLite/Redis (lean) or via Feast's "
+                        "get_online_features (feast)")
+    s.add_argument("--other-version", choices=("refuse", "compute"), default="refuse",
+                   help="a user whose stored state is of another model version: answer 409 (refuse) or "
+                        "encode the user from its features (compute, e.g. during a model rollout)")
+    s.add_argument("--max-candidates", type=int, default=4096, help="candidates per request (more: 413)")
+    s.add_argument("--max-body-bytes", type=int, default=4 << 20, help="bytes per request body (more: 413)")
+    s.add_argument("--batch-window-ms", type=float, default=2.0,
+                   help="micro-batching: how long a request waits for others being received")
+    s.add_argument("--max-batch-candidates", type=int, default=2048,
+                   help="micro-batching: candidates per model call (raise it on a GPU)")
+    s.add_argument("--no-batching", action="store_true", help="one model call per request")
+    s.add_argument("--threads", type=int, help="torch threads of the model (default: torch's)")
+    s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    s.set_defaults(func=cmd_serve)

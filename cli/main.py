@@ -2,7 +2,7 @@
 
     cli/model_commands.py    train, eval, quantize, score-local      (PyTorch only)
     cli/job_commands.py      generate, user-stage, score-stage, run, baseline-score, show, demo, backfill
-    cli/feature_commands.py  features apply, materialize, serve-score
+    cli/feature_commands.py  features apply, materialize, serve-score, serve
     cli/data_commands.py     import, evaluate-day
     cli/errors.py            the error boundary: a failure is one line and its family's exit code
 """

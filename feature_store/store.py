@@ -20,11 +20,15 @@ class OnlineStoreError(ConnectionError):
     """The online store does not answer (nothing was written to it)."""
 
 
-def repo_config(warehouse: str, redis: str | None = None) -> RepoConfig:
-    """Registry and SQLite online store live under ``<warehouse>/_feast``; nothing to start."""
+def repo_config(warehouse: str, redis: str | None = None, redis_timeout_s: float | None = None) -> RepoConfig:
+    """Registry and SQLite online store live under ``<warehouse>/_feast``; nothing to start.
+    ``redis_timeout_s``: a Redis command or connection that takes longer fails (a TimeoutError)
+    instead of waiting for ever, unless the connection string sets its own socket timeouts."""
     root = Path(warehouse).resolve() / "_feast"
     root.mkdir(parents=True, exist_ok=True)
     redis = redis or os.environ.get(REDIS_ENV)
+    if redis and redis_timeout_s and "socket_timeout=" not in redis:
+        redis += f",socket_timeout={redis_timeout_s},socket_connect_timeout={redis_timeout_s}"
     # skip_dedup: Feast's Redis writer otherwise drops rows not newer than the stored event time,
     # so a retrained model's state for the same day, or a forced older day, would never land;
     # materialize orders days itself (and SQLite never deduplicates)
@@ -41,8 +45,8 @@ def repo_config(warehouse: str, redis: str | None = None) -> RepoConfig:
     )
 
 
-def feature_store(warehouse: str, redis: str | None = None) -> FeatureStore:
-    return FeatureStore(config=repo_config(warehouse, redis))
+def feature_store(warehouse: str, redis: str | None = None, redis_timeout_s: float | None = None) -> FeatureStore:
+    return FeatureStore(config=repo_config(warehouse, redis, redis_timeout_s))
 
 
 def check_online_store(config: RepoConfig, timeout: float = CHECK_TIMEOUT_S) -> None:

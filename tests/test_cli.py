@@ -26,7 +26,8 @@ def test_the_help_lists_every_subcommand():
     top = ugsep("--help").stdout
     assert subcommands() == sorted(["train", "eval", "quantize", "score-local", "generate", "user-stage",
                                     "score-stage", "run", "baseline-score", "show", "demo", "backfill",
-                                    "features", "materialize", "serve-score", "maintain", "import", "evaluate-day"])
+                                    "features", "materialize", "serve-score", "serve", "maintain", "import",
+                                    "evaluate-day"])
     for cmd in subcommands():
         assert f"    {cmd}" in top
 

@@ -2,10 +2,6 @@
 
 import calendar
 import json
-import shutil
-import socket
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -35,29 +31,6 @@ def scored_day(spark, tmp_path_factory, model_dir):
     state = spark.read.format("delta").load(cfg.table_path(USER_STATE)).where(F.col("ds") == DS).toPandas()
     scores = spark.read.format("delta").load(cfg.table_path(SCORES)).where(F.col("ds") == DS).toPandas()
     return cfg, state, scores
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (make test installs Debian's redis-server; "
-                    "this machine could not)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
 
 
 def _items_of(cfg_scores, user_id):
