@@ -40,7 +40,7 @@ class StateVersionError(RuntimeError):
 
 class UnknownUserError(KeyError):
     """The online store holds neither state nor features of the user: a wrong user id, or a day
-    not materialized yet. (A KeyError, as raised before it had its own type.)"""
+    not materialized yet. A KeyError: the user is a key the store lacks."""
 
     def __str__(self) -> str:  # a plain KeyError's text is the repr of its key
         return str(self.args[0]) if self.args else ""
