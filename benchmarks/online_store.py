@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
-import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,24 +37,6 @@ from ugsep.data.synthetic import synthetic_spec
 from ugsep.model import ModelConfig, RankingModel
 
 DS = "2026-11-24"
-
-
-def start_redis() -> tuple[subprocess.Popen | None, str | None]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        return None, None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return proc, f"127.0.0.1:{port}"
 
 
 def latencies_ms(fn, n: int) -> dict:
@@ -102,7 +83,10 @@ def main() -> None:
 
     state_rows = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).select(
         "user_id", "model_version", "state", "created_at", "event_ts").toArrow()
-    proc, redis = start_redis()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from local_redis import start_redis_server
+
+    proc, redis = start_redis_server()
     stores = {"sqlite": None, **({"redis": redis} if redis else {})}
     users, items, cands = synthetic_tables(DS, a.users, mean_cands=5)
     rng = np.random.default_rng(0)

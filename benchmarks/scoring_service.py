@@ -26,7 +26,6 @@ import asyncio
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+from local_redis import free_port, start_redis_server  # noqa: E402
 
 DS = "2026-11-24"
 
@@ -92,12 +93,6 @@ def run_client(url: str, bodies: Path, concurrency: int, requests: int, time_lim
 
 
 # ----------------------------------------------------------------------------- the service
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_service(config: Path, redis: str | None, batching: bool, threads: int | None, log: Path):
     """``ugsep serve`` in its own process; returns (process, url) once /ready answers 200."""
     import httpx
@@ -222,7 +217,6 @@ def main() -> None:
         torch.set_num_threads(a.threads)
 
     from online_fixture import candidate_records, fill_online_store
-    from online_store import start_redis
     from split_vs_full import MIXER_ONLY
 
     from jobs.generate import synthetic_tables
@@ -260,7 +254,7 @@ def main() -> None:
     row = int(np.flatnonzero(users["user_id"] == first["stored"]["user_id"])[0])
     user_cols = {f.name: users[f.name][row:row + 1] for f in model.spec.user_fields}
 
-    redis_proc, redis = start_redis() if "redis" in a.stores else (None, None)
+    redis_proc, redis = start_redis_server() if "redis" in a.stores else (None, None)
     stores = {s: (redis if s == "redis" else None) for s in a.stores.split(",") if s == "sqlite" or redis}
     result: dict = {"users": a.users, "candidates": a.candidates, "d_model": a.d_model,
                     "torch_threads": torch.get_num_threads(), "in_process": {}, "service": []}

@@ -1,11 +1,10 @@
-import shutil
-import socket
 import subprocess
-import time
 
+import local_redis
 import numpy as np
 import pytest
 import torch
+from local_redis import free_port  # noqa: F401  (the tests import it from here)
 
 from ugsep.data.synthetic import synthetic_dataset, synthetic_spec
 from ugsep.model import ModelConfig, RankingModel
@@ -58,30 +57,13 @@ def job_cfg(tmp_path, model_dir):
     return JobConfig(warehouse=str(tmp_path / "warehouse"), model=model_dir, users_per_batch=16, partitions=2)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_redis_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """A real redis-server on loopback (no persistence), answering before this returns; skips
-    the test where redis-server is not installed."""
-    exe = shutil.which("redis-server")
-    if exe is None:
+    """``local_redis.start_redis_server``; skips the test where redis-server is not installed."""
+    proc, address = local_redis.start_redis_server(port)
+    if proc is None:
         pytest.skip("redis-server is not installed (make test installs Debian's redis-server; "
                     "this machine could not)")
-    port = port or free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return proc, f"127.0.0.1:{port}"
+    return proc, address
 
 
 @pytest.fixture(scope="module")
