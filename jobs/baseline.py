@@ -16,7 +16,7 @@ from pyspark.sql.types import FloatType
 from jobs.config import JobConfig
 from jobs.contracts import CANDIDATES, ITEM_FEATURES, QUARANTINE, SCORES, USER_FEATURES
 from jobs.delta_io import commit_of_run, read_model_input, replace_day
-from jobs.events import attach_sequences, quarantine_events
+from jobs.events import attach_sequences
 from jobs.job_start import start_job
 from jobs.report import observe_score_distribution
 from jobs.score_stage import day_candidates
@@ -104,8 +104,7 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
             users = read_model_input(spark, cfg, spec, USER_FEATURES).select("user_id", *user_cols)
             found = users.withColumn("_ufound", F.lit(True))
             if spec.sequence_fields:  # the user stage's sequences, attached to every candidate row below
-                events = day_sequences(spark, cfg, spec, ds)
-                events.tagged.persist()
+                events = day_sequences(spark, cfg, spec, ds, "baseline")
                 summary.events = events.counts().summary()
                 found = attach_sequences(found, events.sequences, spec)
             tagged = day_candidates(cands, items, spec).join(found, "user_id", "left")
@@ -118,7 +117,7 @@ def run_baseline(spark: SparkSession, cfg: JobConfig, ds: str, ckpt: str | None 
             bad = quarantine_rows(tagged, ds, "baseline", list(cands.columns))
             bad_events = summary.events.get("events_quarantined", 0)
             if events is not None:
-                bad = bad.unionByName(quarantine_events(events.tagged, ds, spec, "baseline"))
+                bad = bad.unionByName(events.quarantine)
             written = replace_day(bad, cfg.table_path(QUARANTINE), ds, run_id, "stage = 'baseline'",
                                   known_rows=sum(counts.reasons.values()) + bad_events)
             summary.rows_quarantined = written - bad_events

@@ -29,14 +29,18 @@ def day_users(candidates: DataFrame, user_features: DataFrame, spec: FeatureSpec
     return tag_user_rows(users.join(feats.withColumn("_found", F.lit(True)), "user_id", "left"), spec)
 
 
-def day_sequences(spark: SparkSession, cfg: JobConfig, spec: FeatureSpec, ds: str) -> EventSequences:
+def day_sequences(spark: SparkSession, cfg: JobConfig, spec: FeatureSpec, ds: str, stage: str = "user"
+                  ) -> EventSequences:
     """The plan of the users' sequences as of ``ds``: events of partitions up to ds (an event's
     partition is its day, so later partitions hold no event before ds), item features where a
-    sequence field reads one."""
+    sequence field reads one; bad events quarantined under ``stage``. ``tagged`` comes persisted
+    (it feeds the counts, the quarantine and the sequences): the caller unpersists it."""
     events = read_model_input(spark, cfg, spec, USER_EVENTS).where(F.col("ds") <= ds)
     needs_items = any(s.table == ITEM_FEATURES for s in sequence_sources(spec))
     items = read_model_input(spark, cfg, spec, ITEM_FEATURES) if needs_items else None
-    return build_sequences(events, ds, spec, items)
+    plan = build_sequences(events, ds, spec, items, stage)
+    plan.tagged.persist()
+    return plan
 
 
 def encode_users_df(users: DataFrame, cfg: JobConfig, ckpt: str, version: str) -> DataFrame:
@@ -66,7 +70,6 @@ def run_user_stage(spark: SparkSession, cfg: JobConfig, ds: str, candidates: Dat
             summary.unknown_categorical = counts.unknown_categorical
             if spec.sequence_fields:
                 events = day_sequences(spark, cfg, spec, ds)
-                events.tagged.persist()
                 event_counts = events.counts()
                 summary.events = event_counts.summary()
         with summary.timed("quarantine"):
