@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 from jobs.config import JobConfig, parse_ds
 from jobs.contracts import TableContract, input_contracts
 from jobs.delta_io import ensure_table, require_table
-from jobs.spark_progress import stage_progress
+from jobs.spark_progress import retries_of, stage_progress
 from jobs.summary import JobSummary
 from ugsep.checkpoint import WEIGHTS, checkpoint_info, verify_checkpoint
 from ugsep.features import FeatureSpec
@@ -38,7 +38,8 @@ def start_job(spark: SparkSession, cfg: JobConfig, job: str, ds: str, ckpt: str,
     summaries stay until this job's own replace them (after its data commit)."""
     ds = parse_ds(ds)
     run_id = f"{job}-{ds}-{uuid.uuid4().hex[:8]}"
-    summary = JobSummary(job, ds, unit=unit, progress=stage_progress(spark), run_id=run_id)
+    summary = JobSummary(job, ds, unit=unit, progress=stage_progress(spark), run_id=run_id,
+                         retries=retries_of(spark, run_id))
     with summary.timed("start"):  # counted in the job's seconds and throughput like any step
         spec, version = checked_checkpoint(ckpt)
         require_inputs(spark, cfg, spec)

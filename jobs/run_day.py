@@ -62,6 +62,8 @@ def _run_day(spark: SparkSession, cfg: JobConfig, ds: str, compute_missing: bool
         unknown_categorical={**user["unknown_categorical"], **score["unknown_categorical"]},
         users_computed_on_the_fly=score["users_computed_on_the_fly"], events=user["events"],
         run_id=score["run_id"], commits={**user["commits"], **score["commits"]},
+        tasks_retried=user["tasks_retried"] + score["tasks_retried"],
+        executors_lost=sorted(set(user["executors_lost"]) | set(score["executors_lost"])),
         seconds={**{f"user-stage/{k}": v for k, v in user["seconds"].items()},
                  **{f"score-stage/{k}": v for k, v in score["seconds"].items()}},
     )

@@ -21,6 +21,7 @@ from jobs.contracts import (
     candidates_contract,
 )
 from jobs.delta_io import commit_of_run, read_model_input, read_table, replace_day
+from jobs.faults import score_holds
 from jobs.job_start import JobStart, start_job
 from jobs.model_stage import map_in_arrow_with_model
 from jobs.report import observe_score_distribution
@@ -169,7 +170,8 @@ def _score_day(spark: SparkSession, cfg: JobConfig, job: JobStart, day: CheckedD
         rows = user_ordered_rows(good, state).select(
             "user_id", "state", *[f.name for f in spec.candidate_fields], *user_cols)
         # the worker cuts the Arrow batches into model calls of whole users
-        worker = partial(score_user_rows, max_candidates=cfg.max_candidates_per_call, version=version)
+        worker = partial(score_user_rows, max_candidates=cfg.max_candidates_per_call, version=version,
+                         holds=score_holds())
         scores = map_in_arrow_with_model(rows, worker, SCORE_SCHEMA, cfg, cfg.model).select(
             F.lit(ds).alias("ds"), F.lit(version).alias("model_version"), "user_id", "item_id", "score", "rank")
         scores, distribution = observe_score_distribution(scores)

@@ -40,6 +40,14 @@ DELTA_SETTINGS = {
 }
 
 
+def delta_packages() -> str:
+    """The Maven coordinates of the Delta jars matching the installed delta-spark (what a
+    spark-submit of the ugsep CLI passes as --packages)."""
+    from delta import configure_spark_with_delta_pip
+
+    return configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
+
+
 def _local_defaults(submitted: bool) -> dict[str, str]:
     """LOCAL_DEFAULTS, less what spark-submit already set; none when it submitted to a cluster.
     (Settings given to the builder override the submitted ones, so they must not all be given.)"""

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from jobs.run_report import replacing, write_report
 
+HOOKS = ("progress", "progress_every", "retries")  # not part of the summary itself
+
 
 @dataclass
 class JobSummary:
@@ -33,9 +35,13 @@ class JobSummary:
     run_id: str = ""  # tags the job's Delta commits (userMetadata)
     commits: dict[str, int] = field(default_factory=dict)  # table -> Delta version of this run's commit for ds
     empty_day: bool = False  # recorded by `backfill --allow-empty` for a day with no candidates
+    tasks_retried: int = 0  # failed task attempts (a lost executor, a crashed Python worker) Spark ran again
+    executors_lost: list[str] = field(default_factory=list)  # "id: reason" of executors lost while the job ran
     # while a step runs, a line every ``progress_every`` seconds with what ``progress`` says (if anything)
     progress: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
     progress_every: float = field(default=30.0, repr=False, compare=False)
+    # read when the summary is emitted: (tasks_retried, executors_lost), ``jobs.spark_progress.retries_of``
+    retries: Callable[[], tuple[int, list[str]]] | None = field(default=None, repr=False, compare=False)
 
     @contextmanager
     def timed(self, step: str):
@@ -63,12 +69,16 @@ class JobSummary:
             print(f"{label}: {time.perf_counter() - t0:.0f}s" + (f", {said}" if said else ""),
                   file=sys.stderr, flush=True)
 
+    def _retried(self) -> str:
+        lost = f" executors_lost={len(self.executors_lost)}" if self.executors_lost else ""
+        return f" tasks_retried={self.tasks_retried}{lost}" if self.tasks_retried or lost else ""
+
     @property
     def total_seconds(self) -> float:
         return round(sum(self.seconds.values()), 3)
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("progress", "progress_every")}
+        d = {k: v for k, v in asdict(self).items() if k not in HOOKS}
         d["total_seconds"] = self.total_seconds
         d[f"{self.unit}_per_s"] = round(self.rows_in / self.total_seconds, 1) if self.total_seconds else 0.0
         return d
@@ -77,6 +87,11 @@ class JobSummary:
         """Write the summary JSON at ``path`` and the run report next to it; print one line.
         ``scores``: the day's score distribution (``jobs.report.observe_score_distribution``) for scoring jobs;
         ``drawn_png``: its histogram as another job of the run drew it."""
+        if self.retries is not None:
+            try:
+                self.tasks_retried, self.executors_lost = self.retries()
+            except OSError as e:  # the job is done: an unreadable status API must not fail it
+                print(f"[{self.job} {self.ds}] task retries unknown: {e}", file=sys.stderr, flush=True)
         d = {**self.to_dict(), **(scores or {})}
         path.parent.mkdir(parents=True, exist_ok=True)
         report = write_report(d, path, drawn_png)
@@ -84,5 +99,5 @@ class JobSummary:
             tmp.write_text(json.dumps(d, indent=2))
         print(f"{self.job} ds={self.ds} rows_in={self.rows_in} rows_out={self.rows_out} "
               f"quarantined={self.rows_quarantined} users={self.users} seconds={self.total_seconds} "
-              f"{self.unit}/s={d[self.unit + '_per_s']:,} summary={path} report={report}", flush=True)
+              f"{self.unit}/s={d[self.unit + '_per_s']:,}{self._retried()} summary={path} report={report}", flush=True)
         return d

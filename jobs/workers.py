@@ -6,14 +6,16 @@ model is loaded once per process and cached; one model call per Arrow batch.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable, Iterator
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.faults import exit_once
+from jobs.faults import exit_once, hold_once
 from jobs.score_stream import STATE, check_unseen, stream_states, user_starts, whole_user_slices, whole_users
 from ugsep.checkpoint import load_checkpoint
 from ugsep.data.arrow_columns import field_columns, list_column
@@ -28,12 +30,23 @@ STATE_SCHEMA = pa.schema([("user_id", pa.int64()), (STATE, pa.list_(pa.float32()
 
 
 def pick_device(setting: str = "auto", gpu_addresses: list[str] | None = None) -> str:
-    """The GPU Spark assigned to the task, else any visible CUDA device, else the CPU."""
+    """The GPU Spark assigned to the task, else any visible CUDA device, else the CPU. A task
+    given a GPU on a machine without CUDA runs on the CPU and says so on stderr (the executor's
+    log), naming the address."""
     if setting != "auto":
         return setting
     if gpu_addresses and torch.cuda.is_available():
         return f"cuda:{gpu_addresses[0]}"
+    if gpu_addresses:
+        _say_cpu_fallback(tuple(gpu_addresses))
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@cache
+def _say_cpu_fallback(addresses: tuple[str, ...]) -> None:
+    """Once per worker process and assignment."""
+    print(f"ugsep worker (pid {os.getpid()}): Spark assigned GPU address {','.join(addresses)} to this task, "
+          "but CUDA is not available here; running on the CPU", file=sys.stderr, flush=True)
 
 
 @lru_cache(maxsize=4)
@@ -78,16 +91,19 @@ def user_columns(cols: dict[str, pa.Array], spec) -> dict[str, np.ndarray]:
 
 
 def score_user_rows(batches: Iterable[pa.RecordBatch], ckpt: str, device: str = "cpu",
-                    exit_marker: str = "", max_candidates: int = 0, version: str = "") -> Iterator[pa.RecordBatch]:
+                    exit_marker: str = "", max_candidates: int = 0, version: str = "",
+                    holds: tuple[str, str] = ("", "")) -> Iterator[pa.RecordBatch]:
     """The score stream (``jobs.score_stream``) -> one row per candidate with its score and rank.
     ``max_candidates`` > 0 caps the candidates per model call (whole users). ``version``: as in
-    ``cached_model``."""
+    ``cached_model``. ``holds``: ``jobs.faults.score_holds``."""
     model, _ = cached_model(ckpt, device, version)
+    hold_once(holds[0])
     seen: set[int] = set()
     for whole in whole_users(batches):
         for batch in whole_user_slices(whole, max_candidates) if max_candidates else [whole]:
             yield _score_batch(model, batch, device, seen)
         exit_once(exit_marker)
+    hold_once(holds[1])
 
 
 def _score_batch(model: RankingModel, batch: pa.RecordBatch, device: str, seen: set[int]) -> pa.RecordBatch:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from jobs.spark_session import delta_packages
+
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import json
@@ -21,14 +23,6 @@ spark.stop()
 """
 
 
-def _delta_package() -> str:
-    """The Delta coordinates build_spark asks for outside spark-submit (the DAG pins the same)."""
-    from delta import configure_spark_with_delta_pip
-    from pyspark.sql import SparkSession
-
-    return configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
-
-
 @pytest.mark.spark
 def test_spark_submit_master_and_conf_are_kept(tmp_path):
     probe = tmp_path / "probe.py"
@@ -36,7 +30,7 @@ def test_spark_submit_master_and_conf_are_kept(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": sys.executable,
            "PYSPARK_DRIVER_PYTHON": sys.executable}
     cmd = [str(Path(sys.executable).with_name("spark-submit")), "--master", "local[1]",
-           "--packages", _delta_package(), "--conf", "spark.sql.shuffle.partitions=7", str(probe)]
+           "--packages", delta_packages(), "--conf", "spark.sql.shuffle.partitions=7", str(probe)]
     out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     got = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("PROBE "))[6:])
