@@ -9,7 +9,7 @@ with the traceback. Argument errors are argparse's own (usage, then one error li
     code  family            exceptions
     0     success
     1     unexpected        anything not below (a bug, or a failure not classified yet)
-    2     bad input         ValueError, FileNotFoundError, KeyError, bad arguments
+    2     bad input         ValueError, FileNotFoundError, KeyError, bad arguments, ClusterError
     3     checkpoint        CheckpointError, SplitInferenceError, StateVersionError
     4     tables            ContractError, Spark's AnalysisException
     5     data not ready    EmptyDayError, UserStateError, UnknownUserError, SequenceFeaturesError
@@ -46,7 +46,8 @@ DELTA_CONFLICTS = ("DeltaConcurrentModificationException", "ConcurrentAppendExce
 
 FAMILIES: list[Family] = [
     Family(("builtins:KeyError",), 2, "bad input", "missing key {msg}"),  # str() of a KeyError is only the key
-    Family(("builtins:ValueError", "builtins:FileNotFoundError", "serving.online_scorer:ItemFieldError"),
+    Family(("builtins:ValueError", "builtins:FileNotFoundError", "serving.online_scorer:ItemFieldError",
+            "jobs.cluster:ClusterError"),
            2, "bad input", "{msg}"),
     Family(("ugsep.checkpoint:CheckpointError", "ugsep.model:SplitInferenceError",
             "serving.online_scorer:StateVersionError"), 3, "checkpoint", "{msg}"),

@@ -4,6 +4,7 @@
     cli/job_commands.py      generate, user-stage, score-stage, run, baseline-score, show, demo, backfill
     cli/feature_commands.py  features apply, materialize, serve-score, serve
     cli/data_commands.py     import, evaluate-day
+    cli/cluster_commands.py  cluster start|stop|status               (a Spark standalone cluster here)
     cli/errors.py            the error boundary: a failure is one line and its family's exit code
 """
 
@@ -16,9 +17,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (spark-submit .../cli/main.py): make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import data_commands, feature_commands, job_commands, model_commands  # noqa: E402
+from cli import cluster_commands, data_commands, feature_commands, job_commands, model_commands  # noqa: E402
 
-GROUPS = (model_commands, job_commands, feature_commands, data_commands)
+GROUPS = (model_commands, job_commands, feature_commands, data_commands, cluster_commands)
 
 
 DEBUG_HELP = "on an error, show the traceback instead of one line"

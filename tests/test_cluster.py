@@ -217,3 +217,18 @@ def test_an_executor_killed_while_its_files_are_uncommitted_leaves_the_day_whole
     same_scores(scores_of(spark, cfg), local)
     print(f"cluster: killed before the task commit: exit {p.returncode}, {scores} of {len(local)} rows; "
           f"{summary_line(out, 'run') if p.returncode == 0 else 'failed'}")
+
+
+def test_the_cluster_command_starts_reports_and_stops_a_cluster(tmp_path):
+    def ugsep(*args):
+        return subprocess.run([sys.executable, "-m", "cli.main", "cluster", *args, "--root", str(tmp_path)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=180)
+
+    up = ugsep("start", "--workers", "1")
+    assert up.returncode == 0 and "spark-submit --master spark://127.0.0.1:" in up.stdout, up.stderr
+    again = ugsep("start")
+    assert again.returncode == 2 and again.stderr.startswith("ugsep cluster: error: a cluster is already running")
+    status = json.loads(ugsep("status").stdout)
+    assert status["alive_workers"] == 1 and status["master"] in up.stdout
+    assert ugsep("stop").stdout.strip() == "cluster stopped"
+    assert ugsep("status").returncode == 5
