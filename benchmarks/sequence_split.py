@@ -6,7 +6,8 @@ K/V, user queries) and ``score_groups`` per candidate (candidate queries decode 
 both are timed together, as serving runs them. One model, one process, the same data for both paths, over
 sequence lengths L and candidates per user C. Each cell prints both speeds, the measured speed-up, the FLOPs
 ratio ``flops_per_candidate(1) / flops_per_candidate(C)`` and measured / FLOPs; the item side alone
-(``score_groups`` on a ready state) with its achieved FLOP/s; and the largest |split - full| logit difference,
+(``score_groups`` on a ready state) with its achieved FLOP/s, and on the GPU its ms beside the same call on
+torch ops (``eager ms``, where the timed one runs fused); and the largest |split - full| logit difference,
 checked once per cell outside the timing (float32: a tight bound; bf16: a loose one, reported).
 
 On CUDA (default when available): bf16, d_model 512 with T = 16 tokens, 32768 candidates per call, but at most
@@ -141,12 +142,20 @@ def run_cell(model, paths, spec, seq_len: int, per_user: int, p: dict, device, d
         su, si, sidx = first_users(users, items, idx, n, per_user)
         t_split = timed(lambda: score(encode(su), si, sidx), device, p["warmup"], p["repeats"])
         state = encode(su)
-        return t_split, timed(lambda: score(state, si, sidx), device, p["warmup"], p["repeats"]), \
-            timed(lambda: encode(su), device, p["warmup"], p["repeats"])
+        t_item = timed(lambda: score(state, si, sidx), device, p["warmup"], p["repeats"])
+        t_eager = math.nan  # the item side on torch ops, where the timed one runs fused (Triton + varlen flash)
+        if model.kernels is Backend.TRITON:
+            backend = model.backend
+            try:
+                model.use_kernels(Backend.TORCH)
+                t_eager = timed(lambda: model.score_groups(state, si, sidx), device, p["warmup"], p["repeats"])
+            finally:
+                model.use_kernels(backend)
+        return t_split, t_item, t_eager, timed(lambda: encode(su), device, p["warmup"], p["repeats"])
 
     with torch.inference_mode():
         (diff, scale, t_full), n_full = halve_until_it_fits(run_full, n_full)
-        (t_split, t_item, t_user), n_users = halve_until_it_fits(run_split, n_users)
+        (t_split, t_item, t_eager, t_user), n_users = halve_until_it_fits(run_split, n_users)
     item_flops = model.flops_per_candidate(math.inf)  # per candidate: the candidate side and the head
     user_flops = model.flops_per_candidate(1.0) - item_flops  # per user: all that reads the user alone
     flops_ratio = model.flops_per_candidate(1.0) / model.flops_per_candidate(per_user)
@@ -159,7 +168,7 @@ def run_cell(model, paths, spec, seq_len: int, per_user: int, p: dict, device, d
         "flops_ratio": flops_ratio, "measured_over_flops": speedup / flops_ratio,
         "full_flops_per_s": model.flops_per_candidate(1.0) * rows_full / t_full,
         "item_flops_per_s": item_flops * rows_split / t_item, "user_flops_per_s": user_flops * n_users / t_user,
-        "item_ms": t_item * 1e3, "user_ms": t_user * 1e3,
+        "item_ms": t_item * 1e3, "eager_item_ms": t_eager * 1e3, "user_ms": t_user * 1e3,
         "max_abs_diff": diff, "max_abs_logit": scale, "diff_bound": bound, "agrees": diff <= bound,
     }
 
@@ -233,7 +242,7 @@ def main() -> None:
           + (f", item-side peak {a.peak_tflops:g} TFLOP/s bf16 dense (H100 SXM; H200 the same compute)" if gpu else ""))
     print(f"{'L':>5} {'cand/user':>9} {'rows full/split':>15} {'full cand/s':>12} {'split cand/s':>12} "
           f"{'speed-up':>8} {'FLOPs ratio':>11} {'meas/FLOPs':>10} {'full ' + unit:>10} {'item ' + unit:>10} "
-          + (f"{'item %peak':>10} " if gpu else "") + f"{'max|diff|':>9}")
+          + (f"{'item %peak':>10} {'item ms':>8} {'eager ms':>8} " if gpu else "") + f"{'max|diff|':>9}")
     results, states = [], {}
     for seq_len in p["lengths"]:
         model = build_model(seq_len, a.encoder, p["d_model"], device, dtype, a.collective_kv)
@@ -250,7 +259,8 @@ def main() -> None:
             r = run_cell(model, paths, model.spec, seq_len, per_user, p, device, dtype, seed=seq_len * 1000 + per_user)
             r["state_bytes_per_user"] = layout.bytes_per_user(dtype)
             results.append(r)
-            peak = f"{100 * r['item_flops_per_s'] / (a.peak_tflops * 1e12):>9.1f}% " if gpu else ""
+            peak = (f"{100 * r['item_flops_per_s'] / (a.peak_tflops * 1e12):>9.1f}% {r['item_ms']:>8.3g} "
+                    f"{r['eager_item_ms']:>8.3g} " if gpu else "")
             flag = "" if r["agrees"] else f" > bound {r['diff_bound']:.2g}!"
             print(f"{seq_len:>5} {per_user:>9} {r['rows_full']:>7}/{r['rows_split']:<7} {r['full_cand_per_s']:>12,.0f} "
                   f"{r['split_cand_per_s']:>12,.0f} {r['speedup']:>7.2f}x {r['flops_ratio']:>10.2f}x "

@@ -26,6 +26,15 @@ encodes each sequence once per user, the baseline once per candidate row, which 
     python benchmarks/spark_pipeline.py [--users 20000] [--mean-candidates 100] [--d-model 128]
         [--warmup-users 2000] [--repeats 2] [--conf KEY=VALUE ...] [--json]
     python benchmarks/spark_pipeline.py --sequence-len 200 --users 1000 --warmup-users 200 [--collective-kv]
+
+With ``--master spark://HOST:PORT`` the same jobs run on that cluster too, after local mode with
+as many cores as the cluster has, on the same tables in the same process (local first: its
+driver JVM is the one both sessions share). The ratios compare the cluster with local mode. A
+cluster that `ugsep cluster start` made (``--cluster-root``) lends its application settings
+(executor sizes, partitions), less its short-job JVM options: both modes' JVMs run with
+``LOCAL_DEFAULTS``' options, so they compile the same way.
+
+    ugsep cluster start && python benchmarks/spark_pipeline.py --master spark://127.0.0.1:PORT
 """
 
 from __future__ import annotations
@@ -118,6 +127,9 @@ def main() -> None:
     p.add_argument("--sequence-len", type=int, default=0,
                    help="behaviour sequences of this length and a HyFormer model for both jobs (0: none)")
     p.add_argument("--collective-kv", action="store_true", help="with --sequence-len: the HyFormer uses CollectiveKV")
+    p.add_argument("--master", default="", help="also run on this Spark cluster (spark://HOST:PORT) and compare")
+    p.add_argument("--cluster-root", default="runs/cluster",
+                   help="where `ugsep cluster start` keeps the cluster it made (its settings are used for --master)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     a = p.parse_args()
     try:
@@ -140,17 +152,71 @@ def main() -> None:
         base_ckpt = f"{work}/rankmixer"
     cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/split", users_per_batch=a.users_per_batch,
                     max_candidates_per_call=a.max_candidates_per_call)
-    spark = build_spark("ugsep-bench", conf)
-    if a.warmup_users:  # generated first: each day rewrites the user and item feature tables
-        generate_tables(spark, cfg, WARMUP_DS, a.warmup_users, mean_cands=a.mean_candidates, history=a.sequence_len)
-    gen = generate_tables(spark, cfg, DS, a.users, mean_cands=a.mean_candidates, history=a.sequence_len)
-    print(f"day: {gen['candidates']:,} candidates, {gen['users']:,} users; "
-          f"{spark.sparkContext.defaultParallelism} Spark cores", flush=True)
+    modes = session_confs(a, conf)
+    results = {}
+    for n, (mode, mode_conf) in enumerate(modes.items()):
+        spark = build_spark("ugsep-bench", mode_conf)
+        if n == 0:  # generated first: each day rewrites the user and item feature tables
+            if a.warmup_users:
+                generate_tables(spark, cfg, WARMUP_DS, a.warmup_users, mean_cands=a.mean_candidates,
+                                history=a.sequence_len)
+            gen = generate_tables(spark, cfg, DS, a.users, mean_cands=a.mean_candidates, history=a.sequence_len)
+        cores = spark.sparkContext.defaultParallelism
+        print(f"{mode} ({spark.sparkContext.master}): day of {gen['candidates']:,} candidates, {gen['users']:,} "
+              f"users; {cores} Spark cores", flush=True)
+        results[mode] = time_jobs(spark, cfg, base_ckpt, a, gen["candidates"])
+        spark.stop()
+    result = {"candidates": gen["candidates"], "users": gen["users"], "dims": dims, "conf": conf}
+    for mode, (walls, cores) in results.items():
+        wall_two, wall_base = min(walls["two-stage"]), min(walls["baseline"])
+        models = [model_seconds(f"{work}/split", a, cores) for _ in range(a.repeats)]
+        model_secs = min(models)
+        prefix = "" if mode == "local" else "cluster_"
+        result |= {
+            f"{prefix}two_stage_wall_s": round(wall_two, 2), f"{prefix}baseline_wall_s": round(wall_base, 2),
+            f"{prefix}two_stage_walls_s": [round(w, 2) for w in walls["two-stage"]],
+            f"{prefix}baseline_walls_s": [round(w, 2) for w in walls["baseline"]],
+            f"{prefix}model_compute_runs_s": [round(m, 2) for m in models],
+            f"{prefix}speedup": round(wall_base / wall_two, 3),
+            f"{prefix}model_compute_s": round(model_secs, 2), f"{prefix}model_processes": cores,
+            f"{prefix}overhead_share": round(max(0.0, 1 - model_secs / wall_two), 3),
+            f"{prefix}two_stage_cand_per_s": round(gen["candidates"] / wall_two, 1),
+            f"{prefix}baseline_cand_per_s": round(gen["candidates"] / wall_base, 1),
+        }
+        print(f"{mode}: two-stage {wall_two:.1f}s vs baseline {wall_base:.1f}s: speedup {wall_base / wall_two:.2f}x; "
+              f"model compute {model_secs:.1f}s -> Spark/Arrow/Delta overhead "
+              f"{result[prefix + 'overhead_share']:.0%} of the two-stage wall time")
+    if "cluster" in results:
+        for job in ("two_stage", "baseline"):
+            result[f"cluster_vs_local_{job}"] = round(result[f"cluster_{job}_wall_s"] / result[f"{job}_wall_s"], 3)
+        print(f"cluster vs local[{results['local'][1]}] wall time: two-stage "
+              f"{result['cluster_vs_local_two_stage']:.2f}x, baseline {result['cluster_vs_local_baseline']:.2f}x "
+              "(above 1: the cluster is slower)")
+    if a.json:
+        print(json.dumps(result))
 
+
+def session_confs(a: argparse.Namespace, conf: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The Spark settings of each mode: local only, or local with the cluster's cores, then the cluster."""
+    if not a.master:
+        return {"local": conf}
+    from jobs.cluster import read_cluster
+    from jobs.spark_session import LOCAL_DEFAULTS
+
+    made = read_cluster(a.cluster_root)
+    cluster = made.spark_conf() if made is not None and made.master_url == a.master else {}
+    jvm = LOCAL_DEFAULTS["spark.driver.extraJavaOptions"]
+    cluster |= {"spark.master": a.master, "spark.driver.extraJavaOptions": jvm, "spark.executor.extraJavaOptions": jvm}
+    cores = made.workers * made.cores if made is not None else 0
+    return {"local": {**conf, "spark.master": f"local[{cores or '*'}]"}, "cluster": {**cluster, **conf}}
+
+
+def time_jobs(spark, cfg: JobConfig, base_ckpt: str, a: argparse.Namespace,
+              candidates: int) -> tuple[dict[str, list[float]], int]:
+    """Each job's walls (warmed up first, ``--repeats`` alternating runs) and the session's cores."""
     if a.warmup_users:  # neither job should pay the session's first-use costs for the other
         run_day(spark, cfg, WARMUP_DS)
         run_baseline(spark, cfg, WARMUP_DS, ckpt=base_ckpt)
-
     walls: dict[str, list[float]] = {"two-stage": [], "baseline": []}
     jobs = {"two-stage": lambda: run_day(spark, cfg, DS),
             "baseline": lambda: run_baseline(spark, cfg, DS, ckpt=base_ckpt)}
@@ -159,30 +225,10 @@ def main() -> None:
             t = time.perf_counter()
             summary = job()
             walls[name].append(time.perf_counter() - t)
-            assert summary["rows_out"] == gen["candidates"], (name, summary["rows_out"])
+            assert summary["rows_out"] == candidates, (name, summary["rows_out"])
             print(f"{name} {walls[name][-1]:.1f}s: " +
                   ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()), flush=True)
-    wall_two, wall_base = min(walls["two-stage"]), min(walls["baseline"])
-
-    models = [model_seconds(f"{work}/split", a, spark.sparkContext.defaultParallelism) for _ in range(a.repeats)]
-    model_secs = min(models)
-    result = {
-        "candidates": gen["candidates"], "users": gen["users"], "dims": dims, "conf": conf,
-        "two_stage_wall_s": round(wall_two, 2), "baseline_wall_s": round(wall_base, 2),
-        "two_stage_walls_s": [round(w, 2) for w in walls["two-stage"]],
-        "baseline_walls_s": [round(w, 2) for w in walls["baseline"]],
-        "model_compute_runs_s": [round(m, 2) for m in models],
-        "speedup": round(wall_base / wall_two, 3),
-        "model_compute_s": round(model_secs, 2), "model_processes": spark.sparkContext.defaultParallelism,
-        "overhead_share": round(max(0.0, 1 - model_secs / wall_two), 3),
-        "two_stage_cand_per_s": round(gen["candidates"] / wall_two, 1),
-        "baseline_cand_per_s": round(gen["candidates"] / wall_base, 1),
-    }
-    print(f"two-stage {wall_two:.1f}s vs baseline {wall_base:.1f}s: speedup {result['speedup']:.2f}x; "
-          f"model compute {model_secs:.1f}s -> Spark/Arrow/Delta overhead {result['overhead_share']:.0%} "
-          f"of the two-stage wall time")
-    if a.json:
-        print(json.dumps(result))
+    return walls, spark.sparkContext.defaultParallelism
 
 
 if __name__ == "__main__":
