@@ -27,7 +27,7 @@ def test_the_help_lists_every_subcommand():
     assert subcommands() == sorted(["train", "eval", "quantize", "score-local", "generate", "user-stage",
                                     "score-stage", "run", "baseline-score", "show", "demo", "backfill",
                                     "features", "materialize", "serve-score", "serve", "maintain", "import",
-                                    "evaluate-day"])
+                                    "evaluate-day", "cluster"])
     for cmd in subcommands():
         assert f"    {cmd}" in top
 
