@@ -1,11 +1,13 @@
 """Feature store numbers: materialization rate, online lookup latency, online scoring latency.
 
 One synthetic day goes through the user stage, then into the SQLite online store and (if
-redis-server is installed) a Redis one started here. Online scoring of 1 user x 500
-candidates from the stored state is compared with computing the user side from the user's
-features in the same run (the path a scorer without precomputed state takes).
+redis-server is installed) a Redis one started here. Redis is materialized twice from the
+same rows: written from the executors (the job's path) and through the driver (SQLite's
+path). Online scoring of 1 user x 500 candidates from the stored state is compared with
+computing the user side from the user's features in the same run (the path a scorer without
+precomputed state takes).
 
-    python benchmarks/online_store.py [--users 5000] [--json]
+    python benchmarks/online_store.py [--users 5000] [--master spark://127.0.0.1:7077] [--json]
 """
 
 from __future__ import annotations
@@ -63,11 +65,28 @@ def online_write_rates(store, rows) -> dict:
             "online_write_speedup": round(feast / ours, 2)}
 
 
+def materialize_rates(spark, cfg: JobConfig, redis: str, rounds: int = 2) -> dict:
+    """The same day materialized again, through the driver and from the executors in turn, on
+    the warm session; the best of ``rounds`` runs of each (a shared machine's noise only slows)."""
+    rates: dict[str, list[float]] = {"from_driver": [], "from_executors": []}
+    for _ in range(rounds):
+        for key, from_driver in (("from_driver", True), ("from_executors", False)):
+            m = materialize_day(spark, cfg, DS, redis=redis, with_user_features=False, from_driver=from_driver)
+            rates[key].append(m["user_state_rows"] / m["seconds"])
+    driver, executors = max(rates["from_driver"]), max(rates["from_executors"])
+    return {"materialize_from_driver_users_per_s": round(driver, 1),
+            "materialize_from_executors_warm_users_per_s": round(executors, 1),
+            "materialize_executor_speedup": round(executors / driver, 2)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=5000)
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--lookups", type=int, default=200)
+    p.add_argument("--master", default=None,
+                   help="Spark master URL of the session (default: local[*]); the workers must see this "
+                        "machine's temporary directory and the Redis started here on 127.0.0.1")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
 
@@ -77,7 +96,7 @@ def main() -> None:
                                                        **MIXER_ONLY))
     save_checkpoint(model.eval(), f"{work}/model")
     cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/model")
-    spark = build_spark("ugsep-fs-bench")
+    spark = build_spark("ugsep-fs-bench", {"spark.master": a.master} if a.master else None)
     generate_tables(spark, cfg, DS, a.users, mean_cands=5)
     run_user_stage(spark, cfg, DS)
 
@@ -95,16 +114,18 @@ def main() -> None:
     request = {f.name: items[f.name][cand] for f in spec.item_fields}
     request.update({f.name: rng.exponential(24.0, 500).astype(np.float32) for f in spec.context_fields})
     ids = users["user_id"]
-    result: dict = {"users": a.users, "d_model": a.d_model}
+    result: dict = {"users": a.users, "d_model": a.d_model, "master": spark.sparkContext.master}
     try:
         for name, conn in stores.items():
             m = materialize_day(spark, cfg, DS, redis=conn, with_user_features=False)
+            compared = materialize_rates(spark, cfg, conn) if m["written_from"] == "executors" else {}
             scorer = OnlineScorer(cfg.model, cfg.warehouse, redis=conn, read="feast")  # lean: scoring_service.py
             one = latencies_ms(lambda: scorer.fetch_states([int(rng.choice(ids))]), a.lookups)
             hundred = latencies_ms(lambda: scorer.fetch_states(rng.choice(ids, 100).tolist()), a.lookups // 4)
             uid = int(ids[0])
             score = latencies_ms(lambda: scorer.score(uid, request), a.lookups // 4)
             result[name] = {"materialize_users_per_s": round(m["user_state_rows"] / m["seconds"], 1),
+                            "materialize_written_from": m["written_from"], **compared,
                             "lookup_1": one, "lookup_100": hundred, "online_score_1x500": score,
                             **online_write_rates(feature_store(cfg.warehouse, conn), state_rows)}
         # the same request with the user side computed from features instead of the stored state
@@ -123,10 +144,16 @@ def main() -> None:
             proc.terminate()
     for name in stores:
         r = result[name]
-        print(f"{name}: materialize {r['materialize_users_per_s']:,.0f} users/s; lookup p50/p99 "
+        print(f"{name}: materialize {r['materialize_users_per_s']:,.0f} users/s (written from the "
+              f"{r['materialize_written_from']}); lookup p50/p99 "
               f"{r['lookup_1']['p50_ms']}/{r['lookup_1']['p99_ms']} ms (1 user), "
               f"{r['lookup_100']['p50_ms']}/{r['lookup_100']['p99_ms']} ms (100 users); online score 1x500 "
               f"p50 {r['online_score_1x500']['p50_ms']} ms")
+        if "materialize_from_driver_users_per_s" in r:
+            print(f"{name}: materialize again, same rows, best of 2: through the driver "
+                  f"{r['materialize_from_driver_users_per_s']:,.0f} users/s, from the executors "
+                  f"{r['materialize_from_executors_warm_users_per_s']:,.0f} users/s "
+                  f"({r['materialize_executor_speedup']:.2f}x)")
         print(f"{name}: online write alone {r['online_write_users_per_s']:,.0f} users/s vs Feast's "
               f"write_to_online_store {r['feast_write_to_online_store_users_per_s']:,.0f} users/s on the same "
               f"rows: {r['online_write_speedup']:.2f}x")

@@ -1,9 +1,12 @@
 """Load a day's user_state (and the user feature snapshot) into the Feast online store.
 
 Feast's own ``materialize`` pulls everything through the driver in one piece (feast#2594,
-#5707); here the day is written in hash buckets of about ``batch_rows`` users, straight from
-Arrow into the online store (``features.online_write``), so driver memory stays bounded
-whatever the number of users.
+#5707). Here a Redis online store is written from the executors: each Spark task writes the
+rows of its own partitions (``feature_store.redis_write``) and only row counts come back, so
+the write scales with the cluster and the driver holds no rows. SQLite is one local file of
+the driver, so it is written from the driver, in hash buckets of about ``batch_rows`` users
+straight from Arrow (``feature_store.online_write``): driver memory stays bounded whatever
+the number of users.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pyspark.sql import functions as F
 
 from feature_store.definitions import TableLocation, feast_objects
 from feature_store.online_write import write_arrow
+from feature_store.redis_write import COUNT_DDL, redis_batch_writer, writes_from_executors
 from feature_store.store import check_online_store, feature_store
 from jobs.config import JobConfig, TableSource, day_start, parse_ds
 from jobs.contracts import ITEM_FEATURES, USER_FEATURES, USER_STATE
@@ -50,8 +54,53 @@ def apply_features(cfg: JobConfig, redis: str | None = None) -> list[str]:
     return [o.name for o in objects]
 
 
-def write_online(df: DataFrame, store, view: str, batch_rows: int, label: str) -> int:
-    """Write ``df`` to the online store of ``view`` in hash buckets of about ``batch_rows`` rows."""
+def written_from(store, view: str, from_driver: bool = False) -> str:
+    """"executors" where each Spark task can write its own rows to the online store (Redis),
+    else "driver" (SQLite, a local file of the driver); ``from_driver`` forces the driver."""
+    if from_driver or not writes_from_executors(store.config, store.get_feature_view(view)):
+        return "driver"
+    return "executors"
+
+
+def write_online(df: DataFrame, store, view: str, batch_rows: int, label: str, from_driver: bool = False) -> int:
+    """Write ``df`` to the online store of ``view``, from where ``written_from`` says."""
+    if written_from(store, view, from_driver) == "executors":
+        return write_from_executors(df, store, view, label)
+    return write_from_driver(df, store, view, batch_rows, label)
+
+
+def write_from_executors(df: DataFrame, store, view: str, label: str) -> int:
+    """Each task writes its partitions to the Redis online store; the driver sums the row counts."""
+    counts = df.mapInArrow(redis_batch_writer(store.config, store.get_feature_view(view)), COUNT_DDL)
+    try:
+        written = counts.agg(F.sum("rows")).first()[0] or 0
+    except Exception as e:
+        unreachable = redis_error_of_workers(e)
+        if unreachable is None:
+            raise
+        raise unreachable from e
+    print(f"[materialize] {label}: {written:,} users written from the executors", file=sys.stderr, flush=True)
+    return written
+
+
+# the last line of a Python worker's traceback, as Spark's PythonException carries it to the driver
+_WORKER_REDIS_ERROR = re.compile(r"^redis\.exceptions\.(\w+): (.*)$", re.MULTILINE)
+
+
+def redis_error_of_workers(exc: Exception) -> Exception | None:
+    """The Redis ConnectionError or TimeoutError an executor's writer failed with, rebuilt from
+    the text of Spark's wrapper (None for any other error): an unreachable Redis then fails the
+    job as it does on the driver's path, where the CLI names its address."""
+    import redis
+
+    found = _WORKER_REDIS_ERROR.findall(str(exc))
+    cls = getattr(redis.exceptions, found[-1][0], None) if found else None
+    unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    return cls(found[-1][1]) if isinstance(cls, type) and issubclass(cls, unreachable) else None
+
+
+def write_from_driver(df: DataFrame, store, view: str, batch_rows: int, label: str) -> int:
+    """Write ``df`` through the driver in hash buckets of about ``batch_rows`` rows."""
     df = df.persist()
     try:
         total = df.count()
@@ -77,10 +126,12 @@ def online_ds_marker(cfg: JobConfig, store) -> Path:
 
 
 def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | None = None,
-                    batch_rows: int = 20000, with_user_features: bool = True, force: bool = False) -> dict:
+                    batch_rows: int = 20000, with_user_features: bool = True, force: bool = False,
+                    from_driver: bool = False) -> dict:
     """Write ds's user_state (and the user feature snapshot) to the online store. A day older than
     the one already online is skipped unless ``force``: a backfill of past days through the DAG
-    must not put old state in front of online serving."""
+    must not put old state in front of online serving. ``from_driver``: write a Redis store
+    through the driver too, as SQLite is (benchmarks compare the two)."""
     ds = parse_ds(ds)
     if batch_rows < 1:
         raise ValueError(f"--batch-rows must be at least 1, got {batch_rows}")
@@ -99,7 +150,8 @@ def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | N
              .select("user_id", "model_version", "state", "created_at",
                      # rows written before event_ts existed hold null there
                      F.coalesce("event_ts", F.timestamp_seconds(F.lit(day_start(ds)))).alias("event_ts")))
-    n_state = write_online(state, store, "user_state", batch_rows, f"user_state ds={ds}")
+    where = written_from(store, "user_state", from_driver)
+    n_state = write_online(state, store, "user_state", batch_rows, f"user_state ds={ds}", from_driver)
     if n_state == 0:
         raise ValueError(f"user_state has no rows for ds={ds}; run `ugsep user-stage --ds {ds}` first")
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -107,13 +159,13 @@ def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | N
     n_feats = 0
     if with_user_features:
         feats = read_model_input(spark, cfg, checkpoint_info(cfg.model).spec, USER_FEATURES)
-        n_feats = write_online(feats, store, "user_features", batch_rows, "user_features")
+        n_feats = write_online(feats, store, "user_features", batch_rows, "user_features", from_driver)
     secs = time.perf_counter() - t0
     out = {"job": "materialize", "ds": ds, "user_state_rows": n_state, "user_feature_rows": n_feats,
            "online_store": "redis" if (redis or store.config.online_store.type == "redis") else "sqlite",
-           "seconds": round(secs, 2), "rows_per_s": round((n_state + n_feats) / secs, 1)}
+           "written_from": where, "seconds": round(secs, 2), "rows_per_s": round((n_state + n_feats) / secs, 1)}
     print(f"materialize ds={ds} user_state={n_state} user_features={n_feats} seconds={secs:.1f} "
-          f"rows/s={out['rows_per_s']:,} (state and feature rows)", flush=True)
+          f"rows/s={out['rows_per_s']:,} (state and feature rows, written from the {where})", flush=True)
     return _emit(cfg, out)
 
 
