@@ -25,6 +25,7 @@ from split_vs_full import MIXER_ONLY  # noqa: E402  (benchmarks/ is the script's
 
 from feature_store.online_write import write_arrow
 from feature_store.store import feature_store
+from jobs.cluster import conf_for_master
 from jobs.config import JobConfig
 from jobs.contracts import USER_STATE
 from jobs.delta_io import read_table
@@ -87,6 +88,8 @@ def main() -> None:
     p.add_argument("--master", default=None,
                    help="Spark master URL of the session (default: local[*]); the workers must see this "
                         "machine's temporary directory and the Redis started here on 127.0.0.1")
+    p.add_argument("--cluster-root", default="runs/cluster",
+                   help="where `ugsep cluster start` keeps the cluster it made (its settings are used for --master)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
 
@@ -96,7 +99,7 @@ def main() -> None:
                                                        **MIXER_ONLY))
     save_checkpoint(model.eval(), f"{work}/model")
     cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/model")
-    spark = build_spark("ugsep-fs-bench", {"spark.master": a.master} if a.master else None)
+    spark = build_spark("ugsep-fs-bench", conf_for_master(a.master, a.cluster_root) if a.master else None)
     generate_tables(spark, cfg, DS, a.users, mean_cands=5)
     run_user_stage(spark, cfg, DS)
 

@@ -200,14 +200,14 @@ def session_confs(a: argparse.Namespace, conf: dict[str, str]) -> dict[str, dict
     """The Spark settings of each mode: local only, or local with the cluster's cores, then the cluster."""
     if not a.master:
         return {"local": conf}
-    from jobs.cluster import read_cluster
+    from jobs.cluster import conf_for_master, read_cluster
     from jobs.spark_session import LOCAL_DEFAULTS
 
-    made = read_cluster(a.cluster_root)
-    cluster = made.spark_conf() if made is not None and made.master_url == a.master else {}
     jvm = LOCAL_DEFAULTS["spark.driver.extraJavaOptions"]
-    cluster |= {"spark.master": a.master, "spark.driver.extraJavaOptions": jvm, "spark.executor.extraJavaOptions": jvm}
-    cores = made.workers * made.cores if made is not None else 0
+    cluster = conf_for_master(a.master, a.cluster_root) | {"spark.driver.extraJavaOptions": jvm,
+                                                           "spark.executor.extraJavaOptions": jvm}
+    made = read_cluster(a.cluster_root)
+    cores = made.workers * made.cores if made is not None and made.master_url == a.master else 0
     return {"local": {**conf, "spark.master": f"local[{cores or '*'}]"}, "cluster": {**cluster, **conf}}
 
 

@@ -19,6 +19,7 @@ file of the driver: it is written from the driver (``online_write.write_arrow``)
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -73,6 +74,48 @@ def write_batches(batches: Iterable[pa.RecordBatch], config: RepoConfig, view_pr
     finally:
         client.close()
     yield pa.RecordBatch.from_pydict({"rows": [written]}, schema=COUNT_SCHEMA)
+
+
+def file_batch_writer(config: RepoConfig, view: FeatureView, columns: list[str],
+                      event_default: dt.datetime) -> Callable[[Iterable[str]], Iterator[int]]:
+    """An RDD ``mapPartitions`` function: each task reads its Parquet data files (URIs) with
+    pyarrow, ``columns`` only, a null event time read as ``event_default``, and writes them as
+    ``write_batches`` does; it yields its row count. Spark's conversion of each row (an array of
+    floats per user) into Arrow for Python is skipped: the files already are columnar."""
+    view_proto = view.to_proto().SerializeToString()
+
+    def write(uris: Iterable[str]) -> Iterator[int]:
+        batches = (b for uri in uris for b in parquet_batches(uri, columns, view.batch_source.timestamp_field,
+                                                               event_default))
+        for counted in write_batches(batches, config, view_proto):
+            yield counted.column(0)[0].as_py()
+
+    return write
+
+
+FILE_SCHEMES = {"file": "file", "s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "hdfs": "hdfs",
+                "abfs": "abfs", "abfss": "abfs"}  # Hadoop's URI schemes -> pyarrow's filesystems
+
+
+def readable_by_pyarrow(uri: str) -> bool:
+    return uri.split(":", 1)[0] in FILE_SCHEMES
+
+
+def parquet_batches(uri: str, columns: list[str], event: str, event_default: dt.datetime,
+                    batch_rows: int = ROWS_PER_PIPELINE) -> Iterator[pa.RecordBatch]:
+    """The rows of one Parquet file, ``batch_rows`` at a time (a file's memory stays bounded)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    scheme, rest = uri.split(":", 1)
+    filesystem, path = fs.FileSystem.from_uri(f"{FILE_SCHEMES[scheme]}:{rest}")
+    with filesystem.open_input_file(path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
+            i = batch.schema.get_field_index(event)
+            default = pa.scalar(event_default, pa.timestamp("us", "UTC")).cast(batch.schema.field(i).type)
+            filled = pc.fill_null(batch.column(i), default)
+            yield batch.set_column(i, event, filled)
 
 
 def write_hashes(client, hashes: Iterable[tuple[bytes, list[bytes]]], ttl_seconds: int | None) -> None:

@@ -74,6 +74,13 @@ class LocalCluster:
         return [pid for pid in _pids_with(EXECUTOR_CLASS) if _parent(pid) in workers]
 
 
+def conf_for_master(master: str, root: str | Path = "runs/cluster") -> dict[str, str]:
+    """The application settings for ``master``: those of the cluster `start_cluster` made at
+    ``root`` when it has that URL, else the master alone."""
+    made = read_cluster(root) if master.startswith("spark://") else None
+    return made.spark_conf() if made is not None and made.master_url == master else {"spark.master": master}
+
+
 EXECUTOR_MEMORY = "1g"
 # Short jobs on small JVMs: the client compiler only (C1) gets planning and Delta's log code
 # fast sooner than tiered compilation, which spends these cores on C2 compiles a job of a few

@@ -2,8 +2,9 @@
 
 Feast's own ``materialize`` pulls everything through the driver in one piece (feast#2594,
 #5707). Here a Redis online store is written from the executors: each Spark task writes the
-rows of its own partitions (``feature_store.redis_write``) and only row counts come back, so
-the write scales with the cluster and the driver holds no rows. SQLite is one local file of
+rows of its own share (``feature_store.redis_write``; for user_state, one of the day's Parquet
+files, read by the task itself) and only row counts come back, so the write scales with the
+cluster and the driver holds no rows. SQLite is one local file of
 the driver, so it is written from the driver, in hash buckets of about ``batch_rows`` users
 straight from Arrow (``feature_store.online_write``): driver memory stays bounded whatever
 the number of users.
@@ -11,6 +12,7 @@ the number of users.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -18,12 +20,19 @@ import sys
 import time
 from pathlib import Path
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from feature_store.definitions import TableLocation, feast_objects
 from feature_store.online_write import write_arrow
-from feature_store.redis_write import COUNT_DDL, redis_batch_writer, writes_from_executors
+from feature_store.redis_write import (
+    COUNT_DDL,
+    file_batch_writer,
+    readable_by_pyarrow,
+    redis_batch_writer,
+    writes_from_executors,
+)
 from feature_store.store import check_online_store, feature_store
 from jobs.config import JobConfig, TableSource, day_start, parse_ds
 from jobs.contracts import ITEM_FEATURES, USER_FEATURES, USER_STATE
@@ -72,15 +81,45 @@ def write_online(df: DataFrame, store, view: str, batch_rows: int, label: str, f
 def write_from_executors(df: DataFrame, store, view: str, label: str) -> int:
     """Each task writes its partitions to the Redis online store; the driver sums the row counts."""
     counts = df.mapInArrow(redis_batch_writer(store.config, store.get_feature_view(view)), COUNT_DDL)
+    written = _redis_job(lambda: counts.agg(F.sum("rows")).first()[0] or 0)
+    print(f"[materialize] {label}: {written:,} users written from the executors", file=sys.stderr, flush=True)
+    return written
+
+
+def write_files_from_executors(spark: SparkSession, files: list[str], columns: list[str], store, view: str,
+                               ds: str, label: str) -> int:
+    """Each task reads one of the day's Parquet files (``state_files``) itself and writes its rows
+    to the Redis online store; the driver sums the row counts."""
+    writer = file_batch_writer(store.config, store.get_feature_view(view), columns,
+                               dt.datetime.fromtimestamp(day_start(ds), dt.UTC))
+    rdd = spark.sparkContext.parallelize(files, len(files)).mapPartitions(writer)
+    written = _redis_job(lambda: rdd.sum()) if files else 0
+    print(f"[materialize] {label}: {written:,} users written from the executors, {len(files)} files read there",
+          file=sys.stderr, flush=True)
+    return written
+
+
+def state_files(spark: SparkSession, path: str, ds: str) -> list[str] | None:
+    """The Parquet files holding exactly ds's user_state rows, when plain Parquet reads them as
+    Delta does: no deletion vectors (every row of a file is live) and no column mapping (columns
+    named as in the schema), neither being among the table's features, and a filesystem pyarrow
+    reads. None otherwise (Spark reads the rows then)."""
+    features = set(DeltaTable.forPath(spark, path).detail().first()["tableFeatures"] or [])
+    if features & {"deletionVectors", "columnMapping"}:
+        return None
+    files = read_table(spark, USER_STATE, path).where(F.col("ds") == ds).inputFiles()
+    return files if all(map(readable_by_pyarrow, files)) else None
+
+
+def _redis_job(run):
+    """Run a Spark job of Redis writers; an unreachable Redis fails as on the driver's path."""
     try:
-        written = counts.agg(F.sum("rows")).first()[0] or 0
+        return run()
     except Exception as e:
         unreachable = redis_error_of_workers(e)
         if unreachable is None:
             raise
         raise unreachable from e
-    print(f"[materialize] {label}: {written:,} users written from the executors", file=sys.stderr, flush=True)
-    return written
 
 
 # the last line of a Python worker's traceback, as Spark's PythonException carries it to the driver
@@ -118,6 +157,25 @@ def write_from_driver(df: DataFrame, store, view: str, batch_rows: int, label: s
     return written
 
 
+STATE_COLUMNS = ["user_id", "model_version", "state", "created_at", "event_ts"]  # what the user_state view reads
+
+
+def write_user_state(spark: SparkSession, path: str, ds: str, store, batch_rows: int = 20000,
+                     from_driver: bool = False, from_files: bool = True) -> tuple[int, str]:
+    """Write ds's user_state rows to the online store: (rows, where from). Rows written before
+    event_ts existed hold null there and are stamped with the start of ds. Redis: from the
+    executors, each reading the day's Parquet files itself (``state_files``; ``from_files=False``
+    or a table they cannot read: Spark reads them); SQLite: from the driver."""
+    label, where = f"user_state ds={ds}", written_from(store, "user_state", from_driver)
+    files = state_files(spark, path, ds) if where == "executors" and from_files else None
+    if files is not None:
+        return write_files_from_executors(spark, files, STATE_COLUMNS, store, "user_state", ds, label), where
+    state = (read_table(spark, USER_STATE, path).where(F.col("ds") == ds)
+             .select(*STATE_COLUMNS[:-1], F.coalesce("event_ts", F.timestamp_seconds(F.lit(day_start(ds))))
+                     .alias("event_ts")))
+    return write_online(state, store, "user_state", batch_rows, label, from_driver), where
+
+
 def online_ds_marker(cfg: JobConfig, store) -> Path:
     """Where the ds of the user_state last written to ``store``'s online store is kept."""
     online = store.config.online_store
@@ -146,12 +204,7 @@ def materialize_day(spark: SparkSession, cfg: JobConfig, ds: str, redis: str | N
               "(--force writes this day over it)", flush=True)
         return _emit(cfg, {"job": "materialize", "ds": ds, "skipped": f"user_state of ds={online_ds} is online",
                            "user_state_rows": 0, "user_feature_rows": 0})
-    state = (read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).where(F.col("ds") == ds)
-             .select("user_id", "model_version", "state", "created_at",
-                     # rows written before event_ts existed hold null there
-                     F.coalesce("event_ts", F.timestamp_seconds(F.lit(day_start(ds)))).alias("event_ts")))
-    where = written_from(store, "user_state", from_driver)
-    n_state = write_online(state, store, "user_state", batch_rows, f"user_state ds={ds}", from_driver)
+    n_state, where = write_user_state(spark, cfg.table_path(USER_STATE), ds, store, batch_rows, from_driver)
     if n_state == 0:
         raise ValueError(f"user_state has no rows for ds={ds}; run `ugsep user-stage --ds {ds}` first")
     marker.parent.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,10 @@ from feature_store.definitions import TableLocation, feast_objects
 from feature_store.online_write import arrow_to_online_rows
 from feature_store.redis_write import write_batches, writes_from_executors
 from feature_store.store import feature_store
-from jobs.contracts import user_features_contract
+from jobs.contracts import USER_STATE, user_features_contract
+from jobs.delta_io import ensure_table
 from jobs.generate import synthetic_tables, to_arrow
-from jobs.materialize import redis_error_of_workers, write_online, written_from
+from jobs.materialize import redis_error_of_workers, state_files, write_online, write_user_state, written_from
 from ugsep.data.synthetic import synthetic_spec
 
 DS = "2026-11-20"
@@ -113,6 +114,31 @@ def test_executors_write_what_feasts_own_writer_writes(spark, redis_server, tmp_
             assert got is None
         else:
             np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), expected)
+
+
+@pytest.mark.spark
+def test_executors_reading_the_days_files_write_what_spark_reading_them_writes(spark, redis_server, tmp_path):
+    """materialize's user_state path: each task reads Parquet files of the Delta table itself;
+    what lands equals the rows as Spark reads them (written from the executors), a null event
+    time stamped with the start of the day on both paths."""
+    rows = _state_rows().to_pandas()
+    rows["event_ts"] = rows["event_ts"].astype(object).where(rows.index != 7, None)  # written before event_ts
+    path = str(tmp_path / "user_state")
+    ensure_table(spark, USER_STATE, path)
+    df = spark.createDataFrame(rows).withColumn("ds", F.lit(DS)).repartition(TASKS)
+    df.select(*USER_STATE.names).write.format("delta").mode("append").save(path)
+    spark.createDataFrame(rows.head(3)).withColumn("ds", F.lit("2026-11-19")).select(*USER_STATE.names) \
+        .write.format("delta").mode("append").save(path)  # another day: not written
+    files, rows_of_spark = (_store(tmp_path, f"{redis_server},db={db}", name)
+                            for db, name in ((4, "files"), (5, "spark")))
+    assert state_files(spark, path, DS) is not None
+    assert write_user_state(spark, path, DS, files) == (USERS, "executors")
+    assert write_user_state(spark, path, DS, rows_of_spark, from_files=False) == (USERS, "executors")
+    written = _hashes(redis_server, 4)
+    assert len(written) == USERS and written == _hashes(redis_server, 5)
+    read = files.get_online_features(features=["user_state:state"],
+                                     entity_rows=[{"user_id": int(rows["user_id"][7])}]).to_dict()
+    np.testing.assert_array_equal(np.asarray(read["state"][0], dtype=np.float32), rows["state"][7])
 
 
 def test_a_key_ttl_is_set_as_feasts_writer_sets_it(redis_server, tmp_path):
