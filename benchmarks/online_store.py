@@ -8,6 +8,10 @@ computing the user side from the user's features in the same run (the path a sco
 precomputed state takes).
 
     python benchmarks/online_store.py [--users 5000] [--master spark://127.0.0.1:7077] [--json]
+    python benchmarks/online_store.py --sequence-len 200 [--collective-kv]   # HyFormer's state
+
+With ``--sequence-len N`` the day has N-event histories and the model is a HyFormer (its state
+holds each layer's sequence K/V; ``--collective-kv``: their CollectiveKV form).
 """
 
 from __future__ import annotations
@@ -29,14 +33,14 @@ from jobs.cluster import conf_for_master
 from jobs.config import JobConfig
 from jobs.contracts import USER_STATE
 from jobs.delta_io import read_table
-from jobs.generate import generate_tables, synthetic_tables
+from jobs.generate import generate_tables, synthetic_histories, synthetic_tables
 from jobs.materialize import materialize_day
 from jobs.spark_session import build_spark
 from jobs.user_stage import run_user_stage
 from serving.online_scorer import OnlineScorer
 from ugsep.checkpoint import save_checkpoint
 from ugsep.data.ranking_data import to_tensors
-from ugsep.data.synthetic import synthetic_spec
+from ugsep.data.synthetic import synthetic_sequence_spec, synthetic_spec
 from ugsep.model import ModelConfig, RankingModel
 
 DS = "2026-11-24"
@@ -90,17 +94,21 @@ def main() -> None:
                         "machine's temporary directory and the Redis started here on 127.0.0.1")
     p.add_argument("--cluster-root", default="runs/cluster",
                    help="where `ugsep cluster start` keeps the cluster it made (its settings are used for --master)")
+    p.add_argument("--sequence-len", type=int, default=0, help="histories of N events and a HyFormer model (0: none)")
+    p.add_argument("--collective-kv", action="store_true", help="with --sequence-len: the HyFormer uses CollectiveKV")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
 
     work = tempfile.mkdtemp(prefix="ugsep-fs-")
     torch.manual_seed(0)
-    model = RankingModel(synthetic_spec(), ModelConfig(d_model=a.d_model, n_user_tokens=4, n_group_tokens=4,
-                                                       **MIXER_ONLY))
-    save_checkpoint(model.eval(), f"{work}/model")
+    spec = synthetic_sequence_spec(a.sequence_len) if a.sequence_len else synthetic_spec()
+    dims = dict(d_model=a.d_model, n_user_tokens=4, n_group_tokens=4, **MIXER_ONLY)
+    if a.sequence_len:
+        dims |= dict(arch="hyformer", compensation=False, collective_kv=a.collective_kv)
+    save_checkpoint(RankingModel(spec, ModelConfig(**dims)).eval(), f"{work}/model")
     cfg = JobConfig(warehouse=f"{work}/warehouse", model=f"{work}/model")
     spark = build_spark("ugsep-fs-bench", conf_for_master(a.master, a.cluster_root) if a.master else None)
-    generate_tables(spark, cfg, DS, a.users, mean_cands=5)
+    generate_tables(spark, cfg, DS, a.users, mean_cands=5, history=a.sequence_len)
     run_user_stage(spark, cfg, DS)
 
     state_rows = read_table(spark, USER_STATE, cfg.table_path(USER_STATE)).select(
@@ -113,11 +121,14 @@ def main() -> None:
     users, items, cands = synthetic_tables(DS, a.users, mean_cands=5)
     rng = np.random.default_rng(0)
     cand = rng.integers(0, len(items["item_id"]), 500)
-    spec = synthetic_spec()
+    if a.sequence_len:  # the histories the user stage built, for the from-scratch comparison
+        users = synthetic_histories(DS, a.users, history=a.sequence_len)
     request = {f.name: items[f.name][cand] for f in spec.item_fields}
     request.update({f.name: rng.exponential(24.0, 500).astype(np.float32) for f in spec.context_fields})
     ids = users["user_id"]
-    result: dict = {"users": a.users, "d_model": a.d_model, "master": spark.sparkContext.master}
+    result: dict = {"users": a.users, "d_model": a.d_model, "master": spark.sparkContext.master,
+                    "sequence_len": a.sequence_len, "collective_kv": a.collective_kv,
+                    "state_floats_per_user": len(state_rows.column("state")[0])}
     try:
         for name, conn in stores.items():
             m = materialize_day(spark, cfg, DS, redis=conn, with_user_features=False)
@@ -161,7 +172,8 @@ def main() -> None:
               f"write_to_online_store {r['feast_write_to_online_store_users_per_s']:,.0f} users/s on the same "
               f"rows: {r['online_write_speedup']:.2f}x")
     print(f"model-only 1x500 with the user side computed from scratch: p50 "
-          f"{result['score_1x500_user_side_from_scratch_model_only']['p50_ms']} ms")
+          f"{result['score_1x500_user_side_from_scratch_model_only']['p50_ms']} ms; state "
+          f"{result['state_floats_per_user']:,} floats per user")
     if a.json:
         print(json.dumps(result))
 

@@ -1,11 +1,15 @@
 """A Spark standalone cluster on this machine: one master and N workers, each its own JVM.
 
 Started from the installed PySpark's own launcher, ``bin/spark-class`` with the Master and
-Worker classes. (The pip package has no ``sbin/start-*.sh`` scripts; ``local-cluster[...]``
-mode needs a Spark build tree for its executors' classpath, so it does not run from the pip
-install.) Everything binds to 127.0.0.1. The tests start and stop one; ``ugsep cluster
-start|stop|status`` does the same by hand. What was started is kept in ``<root>/cluster.json``:
-the master URL, the web UI and the pids.
+Worker classes (the pip package has no ``sbin/start-*.sh`` scripts). Spark's
+``local-cluster[N,cores,memory]`` mode also runs from the pip install, but its master and
+workers live inside the one application's driver JVM: it cannot outlive the application,
+serve several ``spark-submit``s, be started by hand, or give each worker its own GPU
+discovery script. A standalone cluster is what users submit to.
+
+Everything binds to 127.0.0.1. The tests start and stop one; ``ugsep cluster start|stop|status``
+does the same by hand. What was started is kept in ``<root>/cluster.json``: the master URL,
+the web UI and the pids.
 
 Workers can advertise fake ``gpu`` resources (a discovery script per worker that reports its
 own addresses), so Spark's GPU scheduling runs for real on CPU-only machines.
