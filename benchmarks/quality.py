@@ -40,12 +40,13 @@ from ugsep.model import RankingModel  # noqa: E402
 from ugsep.train import evaluate, fit  # noqa: E402
 
 DEEPCTR_RECIPE = dict(lr=1e-3, batch_size=256, weight_decay=0.0, warmup_steps=0, grad_clip=0.0)
-ROWS = {  # row name -> (model, recipe overrides); ugsep's recipe is TrainConfig()'s
-    "deepfm (DeepCTR defaults)": ("deepfm", DEEPCTR_RECIPE),
-    "deepfm (ugsep recipe)": ("deepfm", {}),
-    "rankmixer": ("rankmixer", {}),
-    "ugsep": ("ugsep", {}),
-    "hyformer": ("hyformer", {}),  # sequence datasets only; reads the histories
+ROWS = {  # row name -> (model, recipe overrides, model config overrides); ugsep's recipe is TrainConfig()'s
+    "deepfm (DeepCTR defaults)": ("deepfm", DEEPCTR_RECIPE, {}),
+    "deepfm (ugsep recipe)": ("deepfm", {}, {}),
+    "rankmixer": ("rankmixer", {}, {}),
+    "ugsep": ("ugsep", {}, {}),
+    "hyformer": ("hyformer", {}, {}),  # sequence datasets only; reads the histories
+    "hyformer+ckv": ("hyformer", {}, {"collective_kv": True}),  # the same with CollectiveKV state
 }
 
 
@@ -54,19 +55,20 @@ def dataset_args(name: str) -> tuple[str, bool]:
     return name.removesuffix("+seq"), name.endswith("+seq")
 
 
-def run_one(job: tuple[str, str, str | None, int, int]) -> dict:
-    """Train one row's model with one seed (its own process, one torch thread), evaluate the test split."""
-    row, dataset, data_dir, seed, max_epochs = job
+def run_one(job: tuple[str, str, str | None, int, int, str]) -> dict:
+    """Train one row's model with one seed (its own process, one torch thread on the CPU),
+    evaluate the test split."""
+    row, dataset, data_dir, seed, max_epochs, device = job
     torch.set_num_threads(1)
     name, sequences = dataset_args(dataset)
     spec, train, test = load_dataset(name, data_dir, sequences=sequences)
-    kind, recipe = ROWS[row]
+    kind, recipe, overrides = ROWS[row]
     tcfg = TrainConfig(max_epochs=max_epochs, seed=seed, **recipe)
     fit_rows, val = split_last_share(train, tcfg.val_share, seed)
     torch.manual_seed(seed)
-    model = DeepFM(spec) if kind == "deepfm" else RankingModel(spec, ModelConfig(arch=kind))
+    model = DeepFM(spec) if kind == "deepfm" else RankingModel(spec, ModelConfig(arch=kind, **overrides))
     t0 = time.perf_counter()
-    result = fit(model, fit_rows, val, tcfg, torch.device("cpu"), log=lambda s: None)
+    result = fit(model, fit_rows, val, tcfg, torch.device(device), log=lambda s: None)
     return {"row": row, "dataset": dataset, "seed": seed, "epoch": result.best["epoch"],
             "val_logloss": result.best["val_logloss"], "seconds": time.perf_counter() - t0,
             **evaluate(result.model, test)}
@@ -116,6 +118,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs at once (processes, one torch thread each)")
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows of the table to train "
                    "(default: all; the DeepFM comparison column needs 'deepfm (ugsep recipe)' or both DeepFMs)")
+    p.add_argument("--device", default="cpu",
+                   help="where each run trains: cpu, or cuda (faster; the same up to float rounding)")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     datasets = a.datasets.split(",")
@@ -128,8 +132,8 @@ def main() -> None:
         unknown = set(rows) - set(ROWS)
         if unknown:
             p.error(f"--rows: unknown {sorted(unknown)}; rows are {list(ROWS)}")
-        jobs = [(row, d, data_dir, s, a.max_epochs) for d in datasets for s in seeds for row in rows
-                if row != "hyformer" or dataset_args(d)[1]]  # hyformer needs the sequences
+        jobs = [(row, d, data_dir, s, a.max_epochs, a.device) for d in datasets for s in seeds for row in rows
+                if ROWS[row][0] != "hyformer" or dataset_args(d)[1]]  # hyformer needs the sequences
         runs = []
         with ProcessPoolExecutor(a.jobs) as pool:
             for r in pool.map(run_one, jobs):
