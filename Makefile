@@ -37,8 +37,11 @@ redis: java  ## Redis for the online-store tests (after java: one apt at a time)
 	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server"; \
 	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server) || echo "redis-server could not be installed"; }
 
-demo: setup  ## train a small model (or reuse it), then generate a day and run both Spark stages
-	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --max-epochs 3 --out $(RUNS)/model
+# The demo model reads behaviour sequences (a small HyFormer on the UG-Sep split), so the demo day
+# has user_events too; `ugsep train --dataset synthetic --out DIR` trains the plain UG-Sep model.
+demo: setup  ## train a small sequence model (or reuse it), then generate a day with events and run both Spark stages
+	@test -f $(RUNS)/model/config.json || $(BIN)/ugsep train --dataset synthetic --arch hyformer --seq-len 50 \
+	  --d-model 32 --max-epochs 3 --out $(RUNS)/model
 	$(BIN)/ugsep demo --ds $(DEMO_DS) --users 2000 --config job.toml
 
 test:  ## set up (the two venvs in parallel), lint, run every test

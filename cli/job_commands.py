@@ -77,9 +77,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     """generate + run + show in one Spark session (one JVM start instead of three)."""
     from jobs.generate import generate_tables
     from jobs.run_day import run_day
+    from ugsep.checkpoint import read_spec
 
     spark, cfg = spark_job(a)
-    print(json.dumps(generate_tables(spark, cfg, a.ds, a.users, mean_cands=a.mean_candidates)), flush=True)
+    # a sequence model reads user_events: the day before gets as many events per user as it keeps
+    history = max((f.max_len for f in read_spec(cfg.model).sequence_fields), default=0)
+    print(json.dumps(generate_tables(spark, cfg, a.ds, a.users, mean_cands=a.mean_candidates, history=history)),
+          flush=True)
     run_day(spark, cfg, a.ds)
     print_top(spark, cfg, a.ds, 3, 5)
     return 0

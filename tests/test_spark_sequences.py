@@ -3,6 +3,7 @@ sequences built from user_events as of the day, the compressed state in user_sta
 to the model scored directly on sequences built here by hand."""
 
 import datetime as dt
+import json
 
 import numpy as np
 import pytest
@@ -107,3 +108,18 @@ def test_the_naive_baseline_scores_a_sequence_model_like_the_two_stages(spark, s
     np.testing.assert_array_equal(base["item_id"], two["item_id"])
     np.testing.assert_allclose(base["score"], two["score"], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(base["rank"], two["rank"])
+
+
+def test_the_demo_generates_the_events_a_sequence_model_reads(spark, seq_run, tmp_path, capsys):
+    """`ugsep demo` with a sequence model writes the day before's events, as many per user as the
+    model keeps, and scores from sequences built of them."""
+    from cli.main import main
+
+    cfg, _, _ = seq_run
+    conf = tmp_path / "job.toml"
+    conf.write_text(f'warehouse = "{tmp_path / "wh"}"\nmodel = "{cfg.model}"\npartitions = 2\n')
+    assert main(["demo", "--ds", "2026-11-20", "--users", "12", "--mean-candidates", "3", "--config", str(conf)]) == 0
+    generated = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert generated["events"] > 0 and generated["events_ds"] == "2026-11-19"
+    run = json.loads((tmp_path / "wh" / "_summaries" / "run_2026-11-20.json").read_text())
+    assert run["events"]["events_used"] > 0 and run["rows_out"] == generated["candidates"]
