@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
-from pathlib import Path
 
 ROOT_HELP = "folder of the cluster's state file, logs and work dirs (default: runs/cluster)"
 
@@ -36,13 +36,8 @@ def cmd_cluster(a: argparse.Namespace) -> int:
 
 def submit_line(c) -> str:
     """The spark-submit command line of `ugsep run` against cluster ``c``."""
-    from jobs.spark_session import delta_packages
-
-    conf = " ".join(f"--conf {k}='{v}'" if " " in v else f"--conf {k}={v}"
-                    for k, v in c.spark_conf().items() if k != "spark.master")
-    submit = Path(sys.executable).with_name("spark-submit")
-    return (f"SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON={sys.executable} {submit} --master {c.master_url} "
-            f"--packages {delta_packages()} {conf} cli/main.py run --ds YYYY-MM-DD --config job.toml")
+    cmd = [*c.submit_command(), "cli/main.py", "run", "--ds", "YYYY-MM-DD", "--config", "job.toml"]
+    return f"SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON={sys.executable} {shlex.join(cmd)}"
 
 
 def register(sub) -> None:

@@ -82,11 +82,10 @@ def file_batch_writer(config: RepoConfig, view: FeatureView, columns: list[str],
     pyarrow, ``columns`` only, a null event time read as ``event_default``, and writes them as
     ``write_batches`` does; it yields its row count. Spark's conversion of each row (an array of
     floats per user) into Arrow for Python is skipped: the files already are columnar."""
-    view_proto = view.to_proto().SerializeToString()
+    view_proto, event = view.to_proto().SerializeToString(), view.batch_source.timestamp_field
 
     def write(uris: Iterable[str]) -> Iterator[int]:
-        batches = (b for uri in uris for b in parquet_batches(uri, columns, view.batch_source.timestamp_field,
-                                                               event_default))
+        batches = (b for uri in uris for b in parquet_batches(uri, columns, event, event_default))
         for counted in write_batches(batches, config, view_proto):
             yield counted.column(0)[0].as_py()
 

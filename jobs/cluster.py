@@ -63,6 +63,15 @@ class LocalCluster:
             conf["spark.executor.resource.gpu.amount"] = "1"
         return conf
 
+    def submit_command(self) -> list[str]:
+        """``spark-submit`` to this cluster with the Delta jars and ``spark_conf``; the
+        application and its arguments follow."""
+        from jobs.spark_session import delta_packages
+
+        conf = self.spark_conf()
+        return [str(Path(sys.executable).with_name("spark-submit")), "--master", conf.pop("spark.master"),
+                "--packages", delta_packages(), *[a for k, v in conf.items() for a in ("--conf", f"{k}={v}")]]
+
     def work_dir(self) -> Path:
         """Where each worker keeps its executors' stdout and stderr: work/<app id>/<executor id>/."""
         return Path(self.root) / "work"

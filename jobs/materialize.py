@@ -4,10 +4,9 @@ Feast's own ``materialize`` pulls everything through the driver in one piece (fe
 #5707). Here a Redis online store is written from the executors: each Spark task writes the
 rows of its own share (``feature_store.redis_write``; for user_state, one of the day's Parquet
 files, read by the task itself) and only row counts come back, so the write scales with the
-cluster and the driver holds no rows. SQLite is one local file of
-the driver, so it is written from the driver, in hash buckets of about ``batch_rows`` users
-straight from Arrow (``feature_store.online_write``): driver memory stays bounded whatever
-the number of users.
+cluster and the driver holds no rows. SQLite is one local file of the driver, so it is written
+from the driver, in hash buckets of about ``batch_rows`` users straight from Arrow
+(``feature_store.online_write``): driver memory stays bounded whatever the number of users.
 """
 
 from __future__ import annotations

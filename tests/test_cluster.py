@@ -26,10 +26,9 @@ from feature_store.store import feature_store
 from jobs.baseline import BASELINE_TABLE
 from jobs.cluster import executor_of, launcher_env, start_cluster, stop_cluster
 from jobs.config import JobConfig, load_config
-from jobs.contracts import QUARANTINE, SCORES, USER_STATE
+from jobs.contracts import SCORES, USER_STATE
 from jobs.generate import generate_tables
 from jobs.run_day import run_day
-from jobs.spark_session import delta_packages
 
 pytestmark = [pytest.mark.spark, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +65,7 @@ def job_toml(root: Path, name: str, inputs: JobConfig, task_gpus: float = 0) -> 
 
 def submit(cluster, conf: Path, *args: str, faults: str = "", wait: bool = True):
     """`spark-submit --master spark://... cli/main.py <args> --config <conf>`, as the DAG runs it."""
-    spark_conf = cluster.spark_conf()
-    cmd = [str(Path(sys.executable).with_name("spark-submit")), "--master", spark_conf.pop("spark.master"),
-           "--packages", delta_packages(), *[a for k, v in spark_conf.items() for a in ("--conf", f"{k}={v}")],
-           str(ROOT / "cli" / "main.py"), *args, "--config", str(conf)]
+    cmd = [*cluster.submit_command(), str(ROOT / "cli" / "main.py"), *args, "--config", str(conf)]
     env = {**launcher_env(), "UGSEP_LOG_DIR": str(conf.parent / "logs"), "PYTHONUNBUFFERED": "1"}
     if faults:
         env["UGSEP_TEST_FAULTS"] = faults
@@ -176,11 +172,8 @@ def test_only_the_model_stages_get_a_gpu_from_inside_their_tasks(cluster, tmp_pa
     of CUDA; a plain stage of the same application holds none."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    cmd = [str(Path(sys.executable).with_name("spark-submit")), "--master", cluster.master_url,
-           *[a for k, v in cluster.spark_conf().items() if k != "spark.master" for a in ("--conf", f"{k}={v}")],
-           str(probe)]
-    out = subprocess.run(cmd, cwd=tmp_path, env={**launcher_env(), "PYTHONPATH": str(ROOT)}, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([*cluster.submit_command(), str(probe)], cwd=tmp_path,
+                         env={**launcher_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-4000:]
     seen = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("PROBE "))[6:])
     model = [s for s in seen if s[0] == "model"]
@@ -200,14 +193,6 @@ def kill_the_held_executor(p: subprocess.Popen, marker: Path, timeout: float = 3
     assert executor is not None
     os.kill(executor, signal.SIGKILL)
     return executor
-
-
-def day_rows(spark, cfg) -> tuple[int, int]:
-    """(scores, score-stage quarantine) rows of the day."""
-    scores = spark.read.format("delta").load(cfg.table_path(SCORES)).where(F.col("ds") == DS).count()
-    bad = spark.read.format("delta").load(cfg.table_path(QUARANTINE)).where(
-        (F.col("ds") == DS) & (F.col("stage") == "score")).count()
-    return scores, bad
 
 
 def test_an_executor_killed_mid_score_stage_costs_a_retry_and_nothing_else(spark, cluster, day):
@@ -233,7 +218,7 @@ def test_an_executor_killed_while_its_files_are_uncommitted_leaves_the_day_whole
     kill_the_held_executor(p, marker)
     out, _ = p.communicate(timeout=600)
     cfg = load_config(str(conf))
-    scores, _ = day_rows(spark, cfg)
+    scores = len(scores_of(spark, cfg))
     assert scores in (0, len(local)), (scores, p.returncode, out[-3000:])
     if scores:
         same_scores(scores_of(spark, cfg), local)
