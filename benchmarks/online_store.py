@@ -96,6 +96,10 @@ def main() -> None:
                    help="where `ugsep cluster start` keeps the cluster it made (its settings are used for --master)")
     p.add_argument("--sequence-len", type=int, default=0, help="histories of N events and a HyFormer model (0: none)")
     p.add_argument("--collective-kv", action="store_true", help="with --sequence-len: the HyFormer uses CollectiveKV")
+    p.add_argument("--read", choices=("feast", "lean"), default="feast",
+                   help="how the online score reads the state (the service's default is lean)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="the online scorer's precision (ugsep serve --dtype)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
 
@@ -127,13 +131,13 @@ def main() -> None:
     request.update({f.name: rng.exponential(24.0, 500).astype(np.float32) for f in spec.context_fields})
     ids = users["user_id"]
     result: dict = {"users": a.users, "d_model": a.d_model, "master": spark.sparkContext.master,
-                    "sequence_len": a.sequence_len, "collective_kv": a.collective_kv,
+                    "sequence_len": a.sequence_len, "collective_kv": a.collective_kv, "read": a.read, "dtype": a.dtype,
                     "state_floats_per_user": len(state_rows.column("state")[0])}
     try:
         for name, conn in stores.items():
             m = materialize_day(spark, cfg, DS, redis=conn, with_user_features=False)
             compared = materialize_rates(spark, cfg, conn) if m["written_from"] == "executors" else {}
-            scorer = OnlineScorer(cfg.model, cfg.warehouse, redis=conn, read="feast")  # lean: scoring_service.py
+            scorer = OnlineScorer(cfg.model, cfg.warehouse, redis=conn, read=a.read, dtype=a.dtype)
             one = latencies_ms(lambda: scorer.fetch_states([int(rng.choice(ids))]), a.lookups)
             hundred = latencies_ms(lambda: scorer.fetch_states(rng.choice(ids, 100).tolist()), a.lookups // 4)
             uid = int(ids[0])
@@ -152,7 +156,12 @@ def main() -> None:
             with torch.inference_mode():
                 model.score_groups(model.encode_users(user_cols), item_t, idx)
 
+        def user_side():
+            with torch.inference_mode():
+                model.encode_users(user_cols)
+
         result["score_1x500_user_side_from_scratch_model_only"] = latencies_ms(from_scratch, a.lookups // 4)
+        result["user_side_from_scratch_model_only"] = latencies_ms(user_side, a.lookups // 4)
     finally:
         if proc:
             proc.terminate()
@@ -162,7 +171,10 @@ def main() -> None:
               f"{r['materialize_written_from']}); lookup p50/p99 "
               f"{r['lookup_1']['p50_ms']}/{r['lookup_1']['p99_ms']} ms (1 user), "
               f"{r['lookup_100']['p50_ms']}/{r['lookup_100']['p99_ms']} ms (100 users); online score 1x500 "
-              f"p50 {r['online_score_1x500']['p50_ms']} ms")
+              f"p50/p99 {r['online_score_1x500']['p50_ms']}/{r['online_score_1x500']['p99_ms']} ms ({a.read} read, "
+              f"{a.dtype}); the user side: stored read p50 {r['lookup_1']['p50_ms']} ms vs computed "
+              f"{result['user_side_from_scratch_model_only']['p50_ms']} ms "
+              f"({result['user_side_from_scratch_model_only']['p50_ms'] / r['lookup_1']['p50_ms']:.1f}x)")
         if "materialize_from_driver_users_per_s" in r:
             print(f"{name}: materialize again, same rows, best of 2: through the driver "
                   f"{r['materialize_from_driver_users_per_s']:,.0f} users/s, from the executors "
@@ -171,8 +183,9 @@ def main() -> None:
         print(f"{name}: online write alone {r['online_write_users_per_s']:,.0f} users/s vs Feast's "
               f"write_to_online_store {r['feast_write_to_online_store_users_per_s']:,.0f} users/s on the same "
               f"rows: {r['online_write_speedup']:.2f}x")
-    print(f"model-only 1x500 with the user side computed from scratch: p50 "
-          f"{result['score_1x500_user_side_from_scratch_model_only']['p50_ms']} ms; state "
+    print(f"model-only 1x500 with the user side computed from scratch: p50/p99 "
+          f"{result['score_1x500_user_side_from_scratch_model_only']['p50_ms']}/"
+          f"{result['score_1x500_user_side_from_scratch_model_only']['p99_ms']} ms; state "
           f"{result['state_floats_per_user']:,} floats per user")
     if a.json:
         print(json.dumps(result))

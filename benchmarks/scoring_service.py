@@ -93,7 +93,8 @@ def run_client(url: str, bodies: Path, concurrency: int, requests: int, time_lim
 
 
 # ----------------------------------------------------------------------------- the service
-def start_service(config: Path, redis: str | None, batching: bool, threads: int | None, log: Path):
+def start_service(config: Path, redis: str | None, batching: bool, threads: int | None, log: Path,
+                  dtype: str = "float32"):
     """``ugsep serve`` in its own process; returns (process, url) once /ready answers 200."""
     import httpx
 
@@ -102,6 +103,7 @@ def start_service(config: Path, redis: str | None, batching: bool, threads: int 
     cmd += ["--redis", redis] if redis else []
     cmd += [] if batching else ["--no-batching"]
     cmd += ["--threads", str(threads)] if threads else []
+    cmd += ["--dtype", dtype]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -144,12 +146,13 @@ def interleaved(fns: dict, n: int, rounds: int = 10) -> dict:
             for k, v in times.items()}
 
 
-def in_process(ckpt: str, warehouse: str, redis: str | None, request, user_cols, stateless_request, n: int) -> dict:
+def in_process(ckpt: str, warehouse: str, redis: str | None, request, user_cols, stateless_request, n: int,
+               dtype: str = "float32") -> dict:
     from serving.online_scorer import OnlineScorer
     from ugsep.data.ranking_data import to_tensors
 
-    lean = OnlineScorer(ckpt, warehouse, redis=redis, read="lean")
-    feast = OnlineScorer(ckpt, warehouse, redis=redis, read="feast")
+    lean = OnlineScorer(ckpt, warehouse, redis=redis, read="lean", dtype=dtype)
+    feast = OnlineScorer(ckpt, warehouse, redis=redis, read="feast", dtype=dtype)
     model = lean.model
     items_t = to_tensors(request.items)
     index = torch.zeros(len(request), dtype=torch.long)
@@ -202,6 +205,8 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=30.0, help="seconds per cell at most")
     p.add_argument("--threads", type=int, help="torch threads of the service and the in-process run")
     p.add_argument("--stores", default="sqlite,redis")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="the model's precision, in process and in the service (ugsep serve --dtype)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 40 requests per cell, clients 1,4")
     p.add_argument("--json", action="store_true", help="also print every number as one JSON line")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)  # the load client process
@@ -257,7 +262,7 @@ def main() -> None:
     redis_proc, redis = start_redis_server() if "redis" in a.stores else (None, None)
     stores = {s: (redis if s == "redis" else None) for s in a.stores.split(",") if s == "sqlite" or redis}
     result: dict = {"users": a.users, "candidates": a.candidates, "d_model": a.d_model,
-                    "torch_threads": torch.get_num_threads(), "in_process": {}, "service": []}
+                    "torch_threads": torch.get_num_threads(), "dtype": a.dtype, "in_process": {}, "service": []}
     clients = [int(c) for c in a.clients.split(",")]
     try:
         for store, conn in stores.items():
@@ -265,9 +270,10 @@ def main() -> None:
             print(f"[{store}] in process ...", file=sys.stderr, flush=True)
             result["in_process"][store] = in_process(str(work / "model"), str(work / "warehouse"), conn,
                                                      score_request(first["stored"]), user_cols,
-                                                     score_request(first["computed"]), a.requests)
+                                                     score_request(first["computed"]), a.requests, a.dtype)
             for batching in (False, True):
-                proc, url = start_service(work / "job.toml", conn, batching, a.threads, work / f"serve_{store}.log")
+                proc, url = start_service(work / "job.toml", conn, batching, a.threads, work / f"serve_{store}.log",
+                                          a.dtype)
                 try:
                     for source in ("stored", "computed"):
                         for c in clients:
@@ -292,7 +298,8 @@ def main() -> None:
 
 def report(result: dict) -> None:
     print(f"\nIn process: 1 user x {result['candidates']} candidates, D={result['d_model']}, "
-          f"{result['torch_threads']} torch threads; p50 (p99) ms; the last columns: vs from scratch (model only)")
+          f"{result['torch_threads']} torch threads, {result['dtype']}; p50 (p99) ms; "
+          "the last columns: vs from scratch (model only)")
     ip = result["in_process"]
     stores = list(ip)
     print("| path | " + " | ".join(f"{s} p50 (p99)" for s in stores) + " | " +

@@ -95,7 +95,8 @@ def create_app(scorer: OnlineScorer, limits: ServeLimits | None = None,
         gc.collect()
         gc.freeze()
         status["warm"] = True
-        print(f"ugsep serve: model {scorer.version} ready (online store: {scorer.online_store}, "
+        print(f"ugsep serve: model {scorer.version} ready ({str(scorer.dtype).removeprefix('torch.')}; "
+              f"online store: {scorer.online_store}, "
               f"{scorer.reader.kind} read; micro-batching: "
               f"{f'{batching.window_ms:g} ms' if batching.enabled else 'off'})", file=sys.stderr, flush=True)
         yield
@@ -119,7 +120,8 @@ def create_app(scorer: OnlineScorer, limits: ServeLimits | None = None,
             reason = f"the online store does not answer: {type(e).__name__}: {e}".strip()
             return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready", "model_version": scorer.version,
-                             "online_store": scorer.online_store, "read": scorer.reader.kind})
+                             "online_store": scorer.online_store, "read": scorer.reader.kind,
+                             "dtype": str(scorer.dtype).removeprefix("torch.")})
 
     @app.get("/stats")
     async def stats() -> dict:

@@ -32,6 +32,21 @@ __all__ = ["ItemFieldError", "OnlineScore", "OnlineScorer", "StateVersionError",
 
 ONLINE_STORE, COMPUTED = "online_store", "computed_from_features"
 REDIS_TIMEOUT_S = 1.0  # a stalled Redis fails the request (503) instead of holding every request behind it
+# bfloat16 halves the item side's time on a CPU with native bf16 products (AVX512-BF16 or AMX):
+# oneDNN runs its matrix products at twice the float32 rate. The stored state stays float32 and
+# is cast when read. Scores then differ from the batch jobs' float32 scores by bf16 rounding
+# (docs/operations.md, Serve online, gives the bound the tests check).
+SERVING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def native_bf16_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU multiplies bf16 natively (avx512_bf16 or amx_bf16); None where unknown."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class StateVersionError(RuntimeError):
@@ -68,14 +83,20 @@ class OnlineScorer:
     states straight from SQLite or Redis, ``feast`` through ``get_online_features``.
     ``other_version``: what to do with a user whose stored state is of another model version,
     ``refuse`` (StateVersionError) or ``compute`` (encode the user from its features, as while a
-    new model's state is materialized before the service restarts with that model)."""
+    new model's state is materialized before the service restarts with that model).
+    ``dtype``: the model's precision, ``float32`` (the batch jobs' CPU scores) or ``bfloat16``
+    (stored states are cast on read; see ``SERVING_DTYPES``)."""
 
     def __init__(self, ckpt: str, warehouse: str, redis: str | None = None, read: str = "lean",
-                 other_version: str = "refuse") -> None:
+                 other_version: str = "refuse", dtype: str = "float32") -> None:
         if other_version not in ("refuse", "compute"):
             raise ValueError(f"other_version must be 'refuse' or 'compute', got {other_version!r}")
+        if dtype not in SERVING_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(SERVING_DTYPES)}, got {dtype!r}")
         self.other_version = other_version
-        self.model, self.version = load_checkpoint(ckpt)
+        self.dtype = SERVING_DTYPES[dtype]
+        model, self.version = load_checkpoint(ckpt)
+        self.model = model.to(self.dtype)
         self.spec = self.model.spec
         self.layout = self.model.state_layout
         self.store = feature_store(warehouse, redis, redis_timeout_s=REDIS_TIMEOUT_S)
@@ -158,11 +179,11 @@ class OnlineScorer:
         users = list(dict.fromkeys(r.user_id for r in requests))
         row = {u: i for i, u in enumerate(users)}
         flat = torch.from_numpy(np.stack([states[u][0] for u in users]))  # (users, width) float32
-        state = UserState.from_flat(flat, self.layout)
+        state = UserState.from_flat(flat, self.layout, self.dtype)
         counts = [len(r) for r in requests]
         items = {k: np.concatenate([r.items[k] for r in requests]) for k in requests[0].items}
         user_index = torch.from_numpy(np.repeat(np.array([row[r.user_id] for r in requests]), counts))
-        probs = torch.sigmoid(self.model.score_groups(state, to_tensors(items), user_index)).numpy()
+        probs = torch.sigmoid(self.model.score_groups(state, to_tensors(items), user_index).float()).numpy()
         return np.split(probs, np.cumsum(counts)[:-1])
 
     def score(self, user_id: int, items: dict[str, np.ndarray]) -> OnlineScore:
@@ -176,7 +197,7 @@ class OnlineScorer:
         """One model call on a zero state and a zero candidate, so the first request pays no lazy setup."""
         record = {f.name: [] if f.kind == FieldKind.MULTI else 0 for f in self.spec.candidate_fields}
         items = to_tensors(candidate_columns([record], self.spec))
-        state = UserState.from_flat(torch.zeros(1, self.layout.width), self.layout)
+        state = UserState.from_flat(torch.zeros(1, self.layout.width), self.layout, self.dtype)
         with torch.inference_mode():
             self.model.score_groups(state, items, torch.zeros(1, dtype=torch.long))
 

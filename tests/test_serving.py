@@ -26,7 +26,7 @@ from feature_store.online_write import write_arrow
 from feature_store.store import feature_store
 from jobs.generate import synthetic_tables
 from serving.batching import BatchSettings, MicroBatcher
-from serving.online_scorer import OnlineScorer, StateVersionError, UnknownUserError
+from serving.online_scorer import OnlineScorer, StateVersionError, UnknownUserError, native_bf16_cpu
 from serving.request import ScoreRequest, candidate_columns
 from serving.state_reader import FeastStateReader, float_list, state_reader
 from ugsep.checkpoint import load_checkpoint
@@ -38,6 +38,7 @@ USERS = 24
 STATE_ROWS = np.arange(USERS) % 2 == 0  # even rows have stored state, odd rows only features
 OTHER_ROW, NULL_ROW = 2, 4  # state of another model version; a null state (features only, then)
 UNKNOWN = 10**9  # neither state nor features
+BF16_SCORE_ATOL = 0.02  # |bf16 - float32| per probability (docs/operations.md#serve-online)
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +230,8 @@ def services(stores, model_dir, tmp_path_factory):
             config.write_text(f'warehouse = "{warehouse}"\nmodel = "{model_dir}"\n')
             launched[name] = _launch(config, *(["--redis", redis] if redis else []), "--max-candidates", "64",
                                      "--max-body-bytes", "16000", "--batch-window-ms", "5")
+            if name == "sqlite":  # the same store served in bfloat16
+                launched["sqlite-bf16"] = _launch(config, "--dtype", "bfloat16")
         for proc, url, log in launched.values():
             _wait_ready(proc, url, log)
         yield {name: url for name, (_, url, _) in launched.items()}
@@ -244,7 +247,8 @@ def test_service_scores_stored_and_computed_users(services, model_dir, day, stor
     url = services[store]
     ready = httpx.get(f"{url}/ready").json()
     _, version = load_checkpoint(model_dir)
-    assert ready == {"status": "ready", "model_version": version, "online_store": store, "read": "lean"}
+    assert ready == {"status": "ready", "model_version": version, "online_store": store, "read": "lean",
+                     "dtype": "float32"}
     for row, source in ((0, "online_store"), (1, "computed_from_features"), (NULL_ROW, "computed_from_features")):
         doc = _request(day, row, 40, seed=row)
         r = httpx.post(f"{url}/score", json=doc)
@@ -264,6 +268,32 @@ def test_service_scores_stored_and_computed_users(services, model_dir, day, stor
         np.testing.assert_allclose(r.json()["scores"], _expected(model_dir, day, doc), rtol=0, atol=1e-5)
     stats = httpx.get(f"{url}/stats").json()
     assert stats["requests"] >= 11 and stats["batching"]["window_ms"] == 5.0
+
+
+def test_a_bfloat16_service_scores_within_bf16_rounding_of_float32(services, model_dir, day):
+    """--dtype bfloat16: the stored float32 state is cast on read; scores of stored and computed
+    users stay within the documented bound of the float32 model's, and differ from them (the
+    products really ran in bf16)."""
+    url = services["sqlite-bf16"]
+    assert httpx.get(f"{url}/ready").json()["dtype"] == "bfloat16"
+    for row, source in ((0, "online_store"), (1, "computed_from_features")):
+        doc = _request(day, row, 200, seed=7 + row)
+        r = httpx.post(f"{url}/score", json=doc)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        expected = _expected(model_dir, day, doc)
+        assert out["state_source"] == source
+        np.testing.assert_allclose(out["scores"], expected, rtol=0, atol=BF16_SCORE_ATOL)
+        assert np.abs(np.asarray(out["scores"]) - expected).max() > 1e-6
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert native_bf16_cpu(str(info)) is True
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert native_bf16_cpu(str(info)) is False
+    assert native_bf16_cpu(str(tmp_path / "missing")) is None
 
 
 def test_bad_requests_get_a_4xx_naming_the_input_and_the_service_goes_on(services, day):
