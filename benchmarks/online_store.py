@@ -100,8 +100,11 @@ def main() -> None:
                    help="how the online score reads the state (the service's default is lean)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="the online scorer's precision (ugsep serve --dtype)")
+    p.add_argument("--threads", type=int, help="torch threads of the online scorer (default: torch's)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
     work = tempfile.mkdtemp(prefix="ugsep-fs-")
     torch.manual_seed(0)
@@ -132,6 +135,7 @@ def main() -> None:
     ids = users["user_id"]
     result: dict = {"users": a.users, "d_model": a.d_model, "master": spark.sparkContext.master,
                     "sequence_len": a.sequence_len, "collective_kv": a.collective_kv, "read": a.read, "dtype": a.dtype,
+                    "torch_threads": torch.get_num_threads(),
                     "state_floats_per_user": len(state_rows.column("state")[0])}
     try:
         for name, conn in stores.items():
@@ -142,6 +146,10 @@ def main() -> None:
             hundred = latencies_ms(lambda: scorer.fetch_states(rng.choice(ids, 100).tolist()), a.lookups // 4)
             uid = int(ids[0])
             score = latencies_ms(lambda: scorer.score(uid, request), a.lookups // 4)
+            if a.dtype != "float32":  # the same request in float32, for the ratio
+                f32 = OnlineScorer(cfg.model, cfg.warehouse, redis=conn, read=a.read)
+                result[f"{name}_float32_online_score_1x500"] = latencies_ms(lambda: f32.score(uid, request),
+                                                                             a.lookups // 4)
             result[name] = {"materialize_users_per_s": round(m["user_state_rows"] / m["seconds"], 1),
                             "materialize_written_from": m["written_from"], **compared,
                             "lookup_1": one, "lookup_100": hundred, "online_score_1x500": score,
@@ -171,10 +179,15 @@ def main() -> None:
               f"{r['materialize_written_from']}); lookup p50/p99 "
               f"{r['lookup_1']['p50_ms']}/{r['lookup_1']['p99_ms']} ms (1 user), "
               f"{r['lookup_100']['p50_ms']}/{r['lookup_100']['p99_ms']} ms (100 users); online score 1x500 "
-              f"p50/p99 {r['online_score_1x500']['p50_ms']}/{r['online_score_1x500']['p99_ms']} ms ({a.read} read, "
+              f"p50/p99 {r['online_score_1x500']['p50_ms']}/{r['online_score_1x500']['p99_ms']} ms "
+              f"({a.read} read, {torch.get_num_threads()} threads, "
               f"{a.dtype}); the user side: stored read p50 {r['lookup_1']['p50_ms']} ms vs computed "
               f"{result['user_side_from_scratch_model_only']['p50_ms']} ms "
               f"({result['user_side_from_scratch_model_only']['p50_ms'] / r['lookup_1']['p50_ms']:.1f}x)")
+        if f"{name}_float32_online_score_1x500" in result:
+            f32 = result[f"{name}_float32_online_score_1x500"]
+            print(f"{name}: online score 1x500 in float32 p50/p99 {f32['p50_ms']}/{f32['p99_ms']} ms; "
+                  f"{a.dtype} vs float32 (p50): {r['online_score_1x500']['p50_ms'] / f32['p50_ms']:.2f}x")
         if "materialize_from_driver_users_per_s" in r:
             print(f"{name}: materialize again, same rows, best of 2: through the driver "
                   f"{r['materialize_from_driver_users_per_s']:,.0f} users/s, from the executors "

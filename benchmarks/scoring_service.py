@@ -170,6 +170,17 @@ def in_process(ckpt: str, warehouse: str, redis: str | None, request, user_cols,
             torch.sigmoid(model.score_groups(model.encode_users(users_t), items_t, index)).tolist()
 
     uid = [request.user_id]
+    paths = {}
+    if dtype != "float32":  # the same model in float32, for the precision's ratio
+        from ugsep.checkpoint import load_checkpoint
+
+        f32 = load_checkpoint(ckpt)[0].eval()
+
+        def from_scratch_f32() -> None:
+            with torch.inference_mode():
+                torch.sigmoid(f32.score_groups(f32.encode_users(users_t), items_t, index)).tolist()
+
+        paths["from_scratch_float32"] = from_scratch_f32
     calls = {}  # one score_groups call of k requests' candidates (the user's state gathered k * 500 times)
     with torch.inference_mode():
         state = model.encode_users(users_t)
@@ -191,6 +202,7 @@ def in_process(ckpt: str, warehouse: str, redis: str | None, request, user_cols,
         "from_scratch_model_only": from_scratch,
         "user_side_only": user_side,
         "computed_via_store": lambda: lean.score_many([stateless_request]),
+        **paths,
     }, n)}
 
 
@@ -309,7 +321,10 @@ def report(result: dict) -> None:
                       ("stored_lean", "stored state, lean read"), ("stored_feast", "stored state, Feast read"),
                       ("from_scratch_model_only", "from scratch, model only"),
                       ("user_side_only", "of which the user side (encode_users, 1 user)"),
-                      ("computed_via_store", "computed on the fly (features via Feast)")):
+                      ("computed_via_store", "computed on the fly (features via Feast)"),
+                      ("from_scratch_float32", "from scratch, model only, in float32")):
+        if key not in ip[stores[0]]:
+            continue
         cells = [f"{ip[s][key]['p50_ms']:.2f} ({ip[s][key]['p99_ms']:.2f})" for s in stores]
         ratio = [f"{ip[s][key]['p50_ms'] / ip[s]['from_scratch_model_only']['p50_ms']:.2f}x"
                  if key.startswith(("stored", "from", "computed")) else "" for s in stores]

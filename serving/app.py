@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import sqlite3
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -136,7 +136,7 @@ def create_app(scorer: OnlineScorer, limits: ServeLimits | None = None,
             result = await batcher.submit(req, len(req))
         except Exception as e:
             return error_response(e)
-        return Response(json.dumps(result.to_dict(), separators=(",", ":")), media_type="application/json")
+        return Response(orjson.dumps(result.to_dict()), media_type="application/json")
 
     return app
 

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from ugsep.data.arrow_columns import arrow_columns, field_columns
 from ugsep.features import FeatureSpec, Field, FieldKind
@@ -101,11 +102,7 @@ def candidate_columns(records: list, spec: FeatureSpec, where: str = "candidates
 
 def parse_request(body: bytes, spec: FeatureSpec, max_candidates: int) -> ScoreRequest:
     """The body of ``POST /score`` -> a ScoreRequest; a RequestError names what is wrong."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as e:  # bad JSON or bytes; nesting deeper than Python's stack
-        raise RequestError(f"body: expected a JSON object, found invalid JSON ({type(e).__name__}: {e})"[:300],
-                           "body", 400) from None
+    doc = _decode(body)
     if type(doc) is not dict:
         raise bad_value("body", 'a JSON object {"user_id": ..., "candidates": [...]}', doc)
     if "user_id" not in doc:
@@ -127,3 +124,18 @@ def parse_request(body: bytes, spec: FeatureSpec, max_candidates: int) -> ScoreR
                                  f"candidates[{i}].item_id")
         raise bad_value(f"candidates[{i}].item_id", "an integer item id", ids[i])
     return ScoreRequest(int(doc["user_id"]), ids, items)
+
+
+def _decode(body: bytes) -> object:
+    """JSON -> Python. orjson reads a 500-candidate body in about a quarter of json's time; what it
+    refuses (NaN, integers past 64 bits, deep nesting, bad bytes) goes to the standard library,
+    which reads it or names the error."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:  # bad JSON or bytes; nesting deeper than Python's stack
+        raise RequestError(f"body: expected a JSON object, found invalid JSON ({type(e).__name__}: {e})"[:300],
+                           "body", 400) from None
