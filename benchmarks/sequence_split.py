@@ -16,7 +16,10 @@ L=1000 it runs ~2000 rows a call; the split path encodes at most as many users. 
 after warm-up. On the CPU (``--cpu`` or no CUDA): float32, d_model 64, a smaller grid.
 
     python benchmarks/sequence_split.py [--cpu] [--quick] [--encoder swiglu|attention] [--compile]
-                                        [--collective-kv] [--json]
+                                        [--collective-kv] [--profile] [--json]
+
+``--profile`` adds, per cell, the item side's kernels under torch.profiler: device ms per call by kernel,
+the largest first.
 """
 
 from __future__ import annotations
@@ -143,6 +146,8 @@ def run_cell(model, paths, spec, seq_len: int, per_user: int, p: dict, device, d
         t_split = timed(lambda: score(encode(su), si, sidx), device, p["warmup"], p["repeats"])
         state = encode(su)
         t_item = timed(lambda: score(state, si, sidx), device, p["warmup"], p["repeats"])
+        if p.get("profile"):
+            print_profile(lambda: score(state, si, sidx), device)
         t_eager = math.nan  # the item side on torch ops, where the timed one runs fused (Triton + varlen flash)
         if model.kernels is Backend.TRITON:
             backend = model.backend
@@ -171,6 +176,27 @@ def run_cell(model, paths, spec, seq_len: int, per_user: int, p: dict, device, d
         "item_ms": t_item * 1e3, "eager_item_ms": t_eager * 1e3, "user_ms": t_user * 1e3,
         "max_abs_diff": diff, "max_abs_logit": scale, "diff_bound": bound, "agrees": diff <= bound,
     }
+
+
+def print_profile(fn, device: torch.device, calls: int = 3, top: int = 14) -> None:
+    """Device time per call of ``fn``'s kernels under torch.profiler, the largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    fn()
+    with profile(activities=acts) as prof:
+        for _ in range(calls):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"] if device.type == "cuda" else \
+        list(prof.key_averages())
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    kernels.sort(key=lambda e: -getattr(e, attr))
+    total = sum(getattr(e, attr) for e in kernels) / calls / 1e3
+    print(f"    profile: {total:.3f} ms of kernels per call; top {top}:")
+    for e in kernels[:top]:
+        print(f"    {getattr(e, attr) / calls / 1e3:8.3f} ms {e.count // calls:4d}x  {e.key[:100]}")
 
 
 def halve_until_it_fits(run, n_users: int):
@@ -216,7 +242,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the full forward and encode_users, and score_groups unless it runs fused")
     ap.add_argument("--collective-kv", action="store_true",
-                    help="the model keeps its sequence K/V as CollectiveKV pool indices + 4 user dims (pool 10,000)")
+                    help=f"the model keeps its sequence K/V as CollectiveKV pool indices + user dims (the config's "
+                         f"defaults: pool {ModelConfig.kv_pool_size:,}, {ModelConfig.kv_user_dim} user dims)")
+    ap.add_argument("--profile", action="store_true", help="print the item side's kernels per cell (torch.profiler)")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of results")
     a = ap.parse_args()
 
@@ -224,7 +252,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     p = dict(QUICK if a.quick else GPU if device.type == "cuda" else CPU)
     p.update({k: v for k, v in dict(d_model=a.d_model, rows=a.rows, max_events=a.max_events,
-                                     repeats=a.repeats).items() if v})
+                                     repeats=a.repeats, profile=a.profile).items() if v})
     if a.lengths:
         p["lengths"] = tuple(int(x) for x in a.lengths.split(","))
     if a.candidates:

@@ -10,10 +10,12 @@ import torch
 from conftest import make_model
 
 from ugsep.checkpoint import load_checkpoint, save_checkpoint
+from ugsep.config import ModelConfig
 from ugsep.data.ranking_data import batch_tensors
-from ugsep.data.synthetic import synthetic_dataset
+from ugsep.data.synthetic import synthetic_dataset, synthetic_sequence_dataset, synthetic_sequence_spec
 from ugsep.kernels import Backend
 from ugsep.layers import PerTokenLinear
+from ugsep.model import RankingModel
 from ugsep.quant import QuantRecipe, quantize_model
 from ugsep.quant.fp8 import fp8_bmm, quantize_fp8_rows, quantize_fp8_weight
 from ugsep.quant.modules import QuantPerTokenLinear
@@ -140,6 +142,35 @@ def test_fused_quantized_matches_eager_quantized(cfg):
     err_eager, err_fused = (eager - ref).abs(), (fused - ref).abs()
     # the two differ by about the FP8 error itself (rounding flips on slightly different inputs),
     # so what must hold is that the fused path is no further from the float model
+    assert err_fused.mean() <= 1.5 * err_eager.mean() and err_fused.max() <= 2 * err_eager.max() + 1e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize("by_position", [True, False], ids=["rows_by_position", "rows_by_candidate"])
+@pytest.mark.parametrize("pool", ["group", "all"])
+def test_fused_hyformer_is_as_close_to_float32_in_either_decoding_order(by_position, pool):
+    """The fused hyformer item side (tokens and queries written position-major, varlen flash decoding with
+    its query rows in either order, the last layer pooled in the norm kernel) against the eager one, both
+    in bf16, each measured against the float32 model."""
+    from ugsep.fused_groups import score_groups_fused
+
+    torch.manual_seed(0)
+    model = RankingModel(synthetic_sequence_spec(12), ModelConfig(arch="hyformer", pool=pool, fm_dim=8)).eval()
+    with torch.no_grad():
+        model.head[-1].weight.mul_(40.0)  # logits spread well beyond the tolerance
+        for dec in model.seq.decoders:
+            dec.null_kv.normal_()  # a trained model's null slot is not zero
+    data = synthetic_sequence_dataset(40, seed=3, seq_len=12)
+    users, items, idx, _ = batch_tensors(data, np.random.default_rng(0).permutation(len(data)), "cuda")
+    model = model.cuda()
+    with torch.inference_mode():
+        ref = model.use_kernels(Backend.TORCH).score_groups(model.encode_users(users), items, idx).float()
+        half = copy.deepcopy(model).to(torch.bfloat16)
+        state = half.encode_users(users)
+        eager = half.score_groups(state, items, idx).float()
+        fused = score_groups_fused(half, state, items, idx, by_position=by_position).float()
+    assert ref.std() > 0.5
+    err_eager, err_fused = (eager - ref).abs(), (fused - ref).abs()
     assert err_fused.mean() <= 1.5 * err_eager.mean() and err_fused.max() <= 2 * err_eager.max() + 1e-2
 
 
