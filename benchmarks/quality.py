@@ -3,6 +3,7 @@
     python benchmarks/quality.py --jobs 2              # synthetic + a generated MovieLens-format set
     python benchmarks/quality.py --data-dir ml-100k    # your MovieLens-format files instead
     python benchmarks/quality.py --datasets synthetic+seq,movielens-100k+seq   # with hyformer
+    python benchmarks/quality.py ... --runs-file runs.jsonl   # keep each run; a rerun trains only the missing ones
 
 Every model trains with early stopping on the same validation split (each user's last 10% of
 the training period) under the same epoch budget; the test split is read once, for the table.
@@ -13,19 +14,27 @@ the sequence, show what is lost without. DeepFM (``benchmarks/baselines.py``) tr
 DeepCTR-Torch's defaults (Adam, lr 1e-3, batch 256) and with ugsep's recipe; the table shows both
 and names the one its validation log loss prefers. Mean and sample standard deviation over the seeds; the last column
 is each model's test AUC minus DeepFM's (the validation-preferred recipe), seed by seed.
+
+Each row also gives the model's parameters (embedding tables included) and its matmul FLOPs per scored
+candidate at inference (``RankingModel.flops_per_candidate``): under the UG-Sep split (ugsep, hyformer) the
+user side (user tokens, and under hyformer the sequence encoding, K/V and user queries) runs once per user and
+is divided over the user's candidates, here the test split's mean candidates per user; rankmixer and DeepFM
+compute everything per candidate.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
@@ -46,7 +55,13 @@ ROWS = {  # row name -> (model, recipe overrides, model config overrides); ugsep
     "rankmixer": ("rankmixer", {}, {}),
     "ugsep": ("ugsep", {}, {}),
     "hyformer": ("hyformer", {}, {}),  # sequence datasets only; reads the histories
-    "hyformer+ckv": ("hyformer", {}, {"collective_kv": True}),  # the same with CollectiveKV state
+    "hyformer+ckv": ("hyformer", {}, {"collective_kv": True}),  # the same with CollectiveKV state (config defaults)
+    # CollectiveKV's pool rows and user dims spelled out, for comparing sizes (pools up to 32,767 rows keep
+    # int16 indices; 8 user dims keep the state over 50x smaller than plain bf16 K/V at D=512)
+    "hyformer+ckv p10k d4": ("hyformer", {}, {"collective_kv": True, "kv_pool_size": 10_000, "kv_user_dim": 4}),
+    "hyformer+ckv p30k d4": ("hyformer", {}, {"collective_kv": True, "kv_pool_size": 30_000, "kv_user_dim": 4}),
+    "hyformer+ckv p10k d8": ("hyformer", {}, {"collective_kv": True, "kv_pool_size": 10_000, "kv_user_dim": 8}),
+    "hyformer+ckv p30k d8": ("hyformer", {}, {"collective_kv": True, "kv_pool_size": 30_000, "kv_user_dim": 8}),
 }
 
 
@@ -69,9 +84,19 @@ def run_one(job: tuple[str, str, str | None, int, int, str]) -> dict:
     model = DeepFM(spec) if kind == "deepfm" else RankingModel(spec, ModelConfig(arch=kind, **overrides))
     t0 = time.perf_counter()
     result = fit(model, fit_rows, val, tcfg, torch.device(device), log=lambda s: None)
-    return {"row": row, "dataset": dataset, "seed": seed, "epoch": result.best["epoch"],
+    per_user = len(test) / len(np.unique(test.user_ids()))  # the test split's mean candidates per user
+    return {"row": row, "dataset": dataset, "seed": seed, "max_epochs": max_epochs, "epoch": result.best["epoch"],
             "val_logloss": result.best["val_logloss"], "seconds": time.perf_counter() - t0,
-            **evaluate(result.model, test)}
+            "params": sum(p.numel() for p in model.parameters()), "flops": flops_per_candidate(model, per_user),
+            "candidates_per_user": per_user, **evaluate(result.model, test)}
+
+
+def flops_per_candidate(model: nn.Module, candidates_per_user: float) -> float:
+    """Matmul FLOPs per scored candidate at inference: ``RankingModel.flops_per_candidate`` (the user
+    side divided over the user's candidates under the split); DeepFM's linear layers, per candidate."""
+    if isinstance(model, RankingModel):
+        return model.flops_per_candidate(candidates_per_user)
+    return float(2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)))
 
 
 def collect(dataset: str, runs: list[dict]) -> list[dict]:
@@ -96,15 +121,20 @@ def table(name: str, rows: list[dict], seeds: list[int]) -> str:
         v = np.asarray(values, dtype=np.float64)
         return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}"
 
+    per_user = rows[0]["runs"][0]["candidates_per_user"] if rows else 0.0
     out = [f"### {name} ({len(seeds)} seeds: {', '.join(map(str, seeds))})", "",
-           "| model | val log loss | test AUC | test UAUC | test log loss | epochs kept | AUC vs DeepFM |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+           "| model | val log loss | test AUC | test UAUC | test log loss | epochs kept | AUC vs DeepFM | params | "
+           "MFLOPs/cand |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         col = lambda k: [x[k] for x in r["runs"]]  # noqa: E731
         out.append(f"| {r['model']} | {ms(col('val_logloss'))} | {ms(col('auc'))} | {ms(col('uauc'))} | "
                    f"{ms(col('logloss'))} | {'/'.join(f'{e:g}' for e in col('epoch'))} | "
-                   + (f"{np.mean(r['vs_deepfm']):+.4f} |" if r["vs_deepfm"] is not None else "- |"))
-    out += ["", "\\* the DeepFM recipe its validation log loss prefers; the last column compares with it."]
+                   + (f"{np.mean(r['vs_deepfm']):+.4f} |" if r["vs_deepfm"] is not None else "- |")
+                   + f" {r['runs'][0]['params']:,} | {r['runs'][0]['flops'] / 1e6:.3g} |")
+    out += ["", "\\* the DeepFM recipe its validation log loss prefers; the last column compares with it.",
+            f"MFLOPs/cand: matmul FLOPs per scored candidate at inference; under the UG-Sep split the user side is "
+            f"divided over the test split's {per_user:.1f} candidates per user."]
     return "\n".join(out)
 
 
@@ -120,6 +150,8 @@ def main() -> None:
                    "(default: all; the DeepFM comparison column needs 'deepfm (ugsep recipe)' or both DeepFMs)")
     p.add_argument("--device", default="cpu",
                    help="where each run trains: cpu, or cuda (faster; the same up to float rounding)")
+    p.add_argument("--runs-file", help="a JSON-lines file: each finished run is appended to it, and runs already in "
+                   "it (same row, dataset, seed and --max-epochs) are read back instead of trained again")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     datasets = a.datasets.split(",")
@@ -132,18 +164,47 @@ def main() -> None:
         unknown = set(rows) - set(ROWS)
         if unknown:
             p.error(f"--rows: unknown {sorted(unknown)}; rows are {list(ROWS)}")
-        jobs = [(row, d, data_dir, s, a.max_epochs, a.device) for d in datasets for s in seeds for row in rows
-                if ROWS[row][0] != "hyformer" or dataset_args(d)[1]]  # hyformer needs the sequences
-        runs = []
+        jobs = [(row, d, data_dir, s, a.max_epochs, a.device) for s in seeds for d in datasets for row in rows
+                if ROWS[row][0] != "hyformer" or dataset_args(d)[1]]  # hyformer needs the sequences; seed by seed
+        done = {_key(r): r for r in read_runs(a.runs_file)}
+        runs = [done[_key(j)] for j in jobs if _key(j) in done]
+        failed = []
         with ProcessPoolExecutor(a.jobs) as pool:
-            for r in pool.map(run_one, jobs):
+            futures = {pool.submit(run_one, j): j for j in jobs if _key(j) not in done}
+            for fut in as_completed(futures):
+                if fut.exception() is not None:  # the other runs go on; the table leaves this one out
+                    failed.append(futures[fut])
+                    print(f"{futures[fut][1]}: {futures[fut][0]} seed {futures[fut][3]} failed: {fut.exception()!r}",
+                          file=sys.stderr, flush=True)
+                    continue
+                r = fut.result()
                 runs.append(r)
                 print(f"{r['dataset']}: {r['row']} seed {r['seed']}: epoch {r['epoch']:g}, val logloss "
                       f"{r['val_logloss']:.4f}, test auc {r['auc']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr,
                       flush=True)
+                if a.runs_file:
+                    with open(a.runs_file, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+    if failed:
+        print(f"{len(failed)} run(s) failed (above); the tables leave them out", file=sys.stderr)
     for d in datasets:
         title = f"{d} (oracle AUC {oracle_auc(d):.4f})" if d.startswith("synthetic") else f"{d} ({where})"
         print(table(title, collect(d, runs), seeds) + "\n", flush=True)
+
+
+def _key(run: dict | tuple) -> tuple:
+    """(row, dataset, seed, max_epochs) of a finished run (a dict) or of a job (a tuple)."""
+    if isinstance(run, dict):
+        return run["row"], run["dataset"], run["seed"], run["max_epochs"]
+    row, dataset, _, seed, max_epochs, _ = run
+    return row, dataset, seed, max_epochs
+
+
+def read_runs(path: str | None) -> list[dict]:
+    """The runs a --runs-file holds (none where it does not exist yet)."""
+    if not path or not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def oracle_auc(dataset: str) -> float:
