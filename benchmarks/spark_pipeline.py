@@ -130,6 +130,8 @@ def main() -> None:
     p.add_argument("--master", default="", help="also run on this Spark cluster (spark://HOST:PORT) and compare")
     p.add_argument("--cluster-root", default="runs/cluster",
                    help="where `ugsep cluster start` keeps the cluster it made (its settings are used for --master)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="time the two-stage job alone: its overhead share on a day too large for the baseline")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     a = p.parse_args()
     try:
@@ -168,7 +170,7 @@ def main() -> None:
         spark.stop()
     result = {"candidates": gen["candidates"], "users": gen["users"], "dims": dims, "conf": conf}
     for mode, (walls, cores) in results.items():
-        wall_two, wall_base = min(walls["two-stage"]), min(walls["baseline"])
+        wall_two, wall_base = min(walls["two-stage"]), min(walls["baseline"], default=float("nan"))
         models = [model_seconds(f"{work}/split", a, cores) for _ in range(a.repeats)]
         model_secs = min(models)
         prefix = "" if mode == "local" else "cluster_"
@@ -183,10 +185,11 @@ def main() -> None:
             f"{prefix}two_stage_cand_per_s": round(gen["candidates"] / wall_two, 1),
             f"{prefix}baseline_cand_per_s": round(gen["candidates"] / wall_base, 1),
         }
-        print(f"{mode}: two-stage {wall_two:.1f}s vs baseline {wall_base:.1f}s: speedup {wall_base / wall_two:.2f}x; "
+        versus = "" if a.no_baseline else f" vs baseline {wall_base:.1f}s: speedup {wall_base / wall_two:.2f}x"
+        print(f"{mode}: two-stage {wall_two:.1f}s{versus}; "
               f"model compute {model_secs:.1f}s -> Spark/Arrow/Delta overhead "
               f"{result[prefix + 'overhead_share']:.0%} of the two-stage wall time")
-    if "cluster" in results:
+    if "cluster" in results and not a.no_baseline:
         for job in ("two_stage", "baseline"):
             result[f"cluster_vs_local_{job}"] = round(result[f"cluster_{job}_wall_s"] / result[f"{job}_wall_s"], 3)
         print(f"cluster vs local[{results['local'][1]}] wall time: two-stage "
@@ -216,10 +219,13 @@ def time_jobs(spark, cfg: JobConfig, base_ckpt: str, a: argparse.Namespace,
     """Each job's walls (warmed up first, ``--repeats`` alternating runs) and the session's cores."""
     if a.warmup_users:  # neither job should pay the session's first-use costs for the other
         run_day(spark, cfg, WARMUP_DS)
-        run_baseline(spark, cfg, WARMUP_DS, ckpt=base_ckpt)
+        if not a.no_baseline:
+            run_baseline(spark, cfg, WARMUP_DS, ckpt=base_ckpt)
     walls: dict[str, list[float]] = {"two-stage": [], "baseline": []}
     jobs = {"two-stage": lambda: run_day(spark, cfg, DS),
             "baseline": lambda: run_baseline(spark, cfg, DS, ckpt=base_ckpt)}
+    if a.no_baseline:
+        del jobs["baseline"]
     for _ in range(a.repeats):
         for name, job in jobs.items():
             t = time.perf_counter()
