@@ -63,7 +63,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         torch.set_num_threads(a.threads)
     if a.dtype == "bfloat16" and native_bf16_cpu() is False:
         print("ugsep serve: warning: this CPU has no native bf16 products (avx512_bf16 or amx_bf16); "
-              "--dtype bfloat16 will be slower than float32 here", file=sys.stderr, flush=True)
+              "--dtype bfloat16 emulates them here and may be slower than float32", file=sys.stderr, flush=True)
     cfg = job_config(a)
     scorer = OnlineScorer(cfg.model, cfg.warehouse, redis=a.redis or cfg.redis or None, read=a.read,
                           other_version=a.other_version, dtype=a.dtype)
@@ -119,7 +119,7 @@ def register(sub) -> None:
     s.add_argument("--no-batching", action="store_true", help="one model call per request")
     s.add_argument("--threads", type=int, help="torch threads of the model (default: torch's)")
     s.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="the model's precision: float32 (the batch jobs' scores) or bfloat16 (about half "
-                        "the time on CPUs with avx512_bf16/AMX; scores differ by bf16 rounding)")
+                   help="the model's precision: float32 (the batch jobs' scores) or bfloat16 (faster on "
+                        "CPUs with avx512_bf16/AMX; scores differ by bf16 rounding)")
     s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     s.set_defaults(func=cmd_serve)

@@ -32,8 +32,8 @@ __all__ = ["ItemFieldError", "OnlineScore", "OnlineScorer", "StateVersionError",
 
 ONLINE_STORE, COMPUTED = "online_store", "computed_from_features"
 REDIS_TIMEOUT_S = 1.0  # a stalled Redis fails the request (503) instead of holding every request behind it
-# bfloat16 halves the item side's time on a CPU with native bf16 products (AVX512-BF16 or AMX):
-# oneDNN runs its matrix products at twice the float32 rate. The stored state stays float32 and
+# bfloat16 on a CPU with native bf16 products (AVX512-BF16 or AMX): oneDNN runs the matrix
+# products at twice the float32 rate. The stored state stays float32 and
 # is cast when read. Scores then differ from the batch jobs' float32 scores by bf16 rounding
 # (docs/operations.md, Serve online, gives the bound the tests check).
 SERVING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
