@@ -33,9 +33,9 @@ __all__ = ["ItemFieldError", "OnlineScore", "OnlineScorer", "StateVersionError",
 ONLINE_STORE, COMPUTED = "online_store", "computed_from_features"
 REDIS_TIMEOUT_S = 1.0  # a stalled Redis fails the request (503) instead of holding every request behind it
 # bfloat16 on a CPU with native bf16 products (AVX512-BF16 or AMX): oneDNN runs the matrix
-# products at twice the float32 rate. The stored state stays float32 and
+# products in bf16 (docs/performance.md: Online scoring). The stored state stays float32 and
 # is cast when read. Scores then differ from the batch jobs' float32 scores by bf16 rounding
-# (docs/operations.md, Serve online, gives the bound the tests check).
+# (docs/operations.md, Online scoring service, gives the bound the tests check).
 SERVING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -43,8 +43,10 @@ def native_bf16_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     """Whether this CPU multiplies bf16 natively (avx512_bf16 or amx_bf16); None where unknown."""
     try:
         with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
     except OSError:
+        return None
+    if flags is None:  # no x86 flags line (an Arm CPU lists "Features"): unknown
         return None
     return "avx512_bf16" in flags or "amx_bf16" in flags
 

@@ -38,7 +38,7 @@ USERS = 24
 STATE_ROWS = np.arange(USERS) % 2 == 0  # even rows have stored state, odd rows only features
 OTHER_ROW, NULL_ROW = 2, 4  # state of another model version; a null state (features only, then)
 UNKNOWN = 10**9  # neither state nor features
-BF16_SCORE_ATOL = 0.02  # |bf16 - float32| per probability (docs/operations.md#serve-online)
+BF16_SCORE_ATOL = 0.02  # |bf16 - float32| per probability (docs/operations.md#online-scoring-service)
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +294,8 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
     assert native_bf16_cpu(str(info)) is False
     assert native_bf16_cpu(str(tmp_path / "missing")) is None
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # an Arm CPU: no x86 flags
+    assert native_bf16_cpu(str(info)) is None
 
 
 def test_bad_requests_get_a_4xx_naming_the_input_and_the_service_goes_on(services, day):
@@ -319,7 +321,12 @@ def test_bad_requests_get_a_4xx_naming_the_input_and_the_service_goes_on(service
          'expected a list of integer ids (or null), found [1, "x"]'),
         ({**good, "candidates": [{**c0, "recency": None}]}, 422, "candidates[0].recency",
          "expected a finite number, found null"),
-        ({**good, "candidates": [{**c0, "item_id": 2**64}]}, 422, "candidates[0].item_id", "expected an integer"),
+        ({**good, "candidates": [{**c0, "item_id": 2**64}]}, 422, "candidates[0].item_id",
+         f"expected an integer id, found {2**64}"),
+        ({**good, "candidates": [{**c0, "price": 2**70}]}, 422, "candidates[0].price",
+         f"expected a finite number, found {2**70}"),
+        ({**good, "candidates": [{**c0, "price": float("nan")}]}, 422, "candidates[0].price",
+         "expected a finite number, found NaN"),
         ({**good, "candidates": [c0] * 65}, 413, "candidates", "expected at most 64 candidates per request "
          "(--max-candidates), found 65"),
         (b'{"user_id": 1, "candidates": [' + b" " * 16000 + b"]}", 413, "body",
