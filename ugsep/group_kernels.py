@@ -131,8 +131,9 @@ def _add_norm_pool_kernel(y_ptr, r_ptr, w_ptr, b_ptr, o_ptr, P, N, D, eps, scale
     mask = (n[:, None] < N) & (cols[None, :] < D)
     offs = n[:, None].to(tl.int64) * D + cols[None, :]
     acc = tl.zeros((ROWS, BD), dtype=tl.float32)
+    position = tl.cast(N, tl.int64) * D  # elements per position: 64-bit, past 2**31 at large N
     for p in range(P):
-        at = p * N * D + offs
+        at = p * position + offs
         x = tl.load(y_ptr + at, mask=mask, other=0.0).to(tl.float32) + \
             tl.load(r_ptr + at, mask=mask, other=0.0).to(tl.float32)
         acc += _layer_norm_rows(x, mask, cols, D, w_ptr, b_ptr, eps)
@@ -169,7 +170,8 @@ def _add_user_gelu_kernel(h_ptr, pre_ptr, idx_ptr, o_ptr, N, D, NQ, spb, spq,
     n64 = n.to(tl.int64)
     x = tl.load(h_ptr + n64[:, None] * (NQ * D) + q * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     x += tl.load(pre_ptr + u[:, None] * spb + q * spq + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.store(o_ptr + q * N * D + n64[:, None] * D + cols[None, :], _gelu_erf(x).to(o_ptr.dtype.element_ty), mask=mask)
+    tl.store(o_ptr + q.to(tl.int64) * N * D + n64[:, None] * D + cols[None, :], _gelu_erf(x).to(o_ptr.dtype.element_ty),
+             mask=mask)
 
 
 def add_user_gelu(h: Tensor, pre: Tensor, user_index: Tensor) -> Tensor:
