@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scoring_service import interleaved  # noqa: E402
 from split_vs_full import MIXER_ONLY  # noqa: E402  (benchmarks/ is the script's folder)
 
 from feature_store.online_write import write_arrow
@@ -145,11 +146,14 @@ def main() -> None:
             one = latencies_ms(lambda: scorer.fetch_states([int(rng.choice(ids))]), a.lookups)
             hundred = latencies_ms(lambda: scorer.fetch_states(rng.choice(ids, 100).tolist()), a.lookups // 4)
             uid = int(ids[0])
-            score = latencies_ms(lambda: scorer.score(uid, request), a.lookups // 4)
-            if a.dtype != "float32":  # the same request in float32, for the ratio
+            paths = {"score": lambda: scorer.score(uid, request)}
+            if a.dtype != "float32":  # the same request in float32, for the ratio: the two interleaved
                 f32 = OnlineScorer(cfg.model, cfg.warehouse, redis=conn, read=a.read)
-                result[f"{name}_float32_online_score_1x500"] = latencies_ms(lambda: f32.score(uid, request),
-                                                                             a.lookups // 4)
+                paths["float32"] = lambda: f32.score(uid, request)
+            timed = interleaved(paths, a.lookups // 4)
+            score = timed["score"]
+            if "float32" in timed:
+                result[f"{name}_float32_online_score_1x500"] = timed["float32"]
             result[name] = {"materialize_users_per_s": round(m["user_state_rows"] / m["seconds"], 1),
                             "materialize_written_from": m["written_from"], **compared,
                             "lookup_1": one, "lookup_100": hundred, "online_score_1x500": score,

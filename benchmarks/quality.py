@@ -110,9 +110,9 @@ def collect(dataset: str, runs: list[dict]) -> list[dict]:
     deepfm = min(deepfms, key=lambda r: np.mean([x["val_logloss"] for x in r["runs"]])) if deepfms else None
     if deepfm is not None:
         deepfm["model"] += " *"
-    for r in rows:  # without a DeepFM row (--rows), the column is empty
-        r["vs_deepfm"] = [a["auc"] - b["auc"] for a, b in zip(r["runs"], deepfm["runs"], strict=True)] \
-            if deepfm is not None else None
+    base = {x["seed"]: x["auc"] for x in deepfm["runs"]} if deepfm is not None else {}
+    for r in rows:  # seed by seed; without a DeepFM row (--rows) or a failed DeepFM seed, the column is empty
+        r["vs_deepfm"] = [x["auc"] - base[x["seed"]] for x in r["runs"] if x["seed"] in base] or None
     return rows
 
 
@@ -166,18 +166,19 @@ def main() -> None:
             p.error(f"--rows: unknown {sorted(unknown)}; rows are {list(ROWS)}")
         jobs = [(row, d, data_dir, s, a.max_epochs, a.device) for s in seeds for d in datasets for row in rows
                 if ROWS[row][0] != "hyformer" or dataset_args(d)[1]]  # hyformer needs the sequences; seed by seed
+        source = a.data_dir or "generated"  # what the MovieLens-format rows read: a run file keys on it
         done = {_key(r): r for r in read_runs(a.runs_file)}
-        runs = [done[_key(j)] for j in jobs if _key(j) in done]
+        runs = [done[_key(j, source)] for j in jobs if _key(j, source) in done]
         failed = []
         with ProcessPoolExecutor(a.jobs) as pool:
-            futures = {pool.submit(run_one, j): j for j in jobs if _key(j) not in done}
+            futures = {pool.submit(run_one, j): j for j in jobs if _key(j, source) not in done}
             for fut in as_completed(futures):
                 if fut.exception() is not None:  # the other runs go on; the table leaves this one out
                     failed.append(futures[fut])
                     print(f"{futures[fut][1]}: {futures[fut][0]} seed {futures[fut][3]} failed: {fut.exception()!r}",
                           file=sys.stderr, flush=True)
                     continue
-                r = fut.result()
+                r = fut.result() | {"source": source}
                 runs.append(r)
                 print(f"{r['dataset']}: {r['row']} seed {r['seed']}: epoch {r['epoch']:g}, val logloss "
                       f"{r['val_logloss']:.4f}, test auc {r['auc']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr,
@@ -192,12 +193,13 @@ def main() -> None:
         print(table(title, collect(d, runs), seeds) + "\n", flush=True)
 
 
-def _key(run: dict | tuple) -> tuple:
-    """(row, dataset, seed, max_epochs) of a finished run (a dict) or of a job (a tuple)."""
+def _key(run: dict | tuple, source: str = "") -> tuple:
+    """(row, dataset, seed, max_epochs, data source) of a finished run (a dict) or of a job (a tuple
+    whose data source is ``source``: --data-dir, or "generated")."""
     if isinstance(run, dict):
-        return run["row"], run["dataset"], run["seed"], run["max_epochs"]
+        return run["row"], run["dataset"], run["seed"], run["max_epochs"], run.get("source")
     row, dataset, _, seed, max_epochs, _ = run
-    return row, dataset, seed, max_epochs
+    return row, dataset, seed, max_epochs, source
 
 
 def read_runs(path: str | None) -> list[dict]:

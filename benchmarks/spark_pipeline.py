@@ -175,16 +175,20 @@ def main() -> None:
         model_secs = min(models)
         prefix = "" if mode == "local" else "cluster_"
         result |= {
-            f"{prefix}two_stage_wall_s": round(wall_two, 2), f"{prefix}baseline_wall_s": round(wall_base, 2),
+            f"{prefix}two_stage_wall_s": round(wall_two, 2),
             f"{prefix}two_stage_walls_s": [round(w, 2) for w in walls["two-stage"]],
-            f"{prefix}baseline_walls_s": [round(w, 2) for w in walls["baseline"]],
             f"{prefix}model_compute_runs_s": [round(m, 2) for m in models],
-            f"{prefix}speedup": round(wall_base / wall_two, 3),
             f"{prefix}model_compute_s": round(model_secs, 2), f"{prefix}model_processes": cores,
             f"{prefix}overhead_share": round(max(0.0, 1 - model_secs / wall_two), 3),
             f"{prefix}two_stage_cand_per_s": round(gen["candidates"] / wall_two, 1),
-            f"{prefix}baseline_cand_per_s": round(gen["candidates"] / wall_base, 1),
         }
+        if not a.no_baseline:
+            result |= {
+                f"{prefix}baseline_wall_s": round(wall_base, 2),
+                f"{prefix}baseline_walls_s": [round(w, 2) for w in walls["baseline"]],
+                f"{prefix}speedup": round(wall_base / wall_two, 3),
+                f"{prefix}baseline_cand_per_s": round(gen["candidates"] / wall_base, 1),
+            }
         versus = "" if a.no_baseline else f" vs baseline {wall_base:.1f}s: speedup {wall_base / wall_two:.2f}x"
         print(f"{mode}: two-stage {wall_two:.1f}s{versus}; "
               f"model compute {model_secs:.1f}s -> Spark/Arrow/Delta overhead "
