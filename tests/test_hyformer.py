@@ -153,6 +153,31 @@ def test_flops_count_the_sequence_once_per_user_and_survive_quantization():
     assert model.flops_per_candidate(1.0) == at_1 and model.flops_per_candidate(100.0) == at_100
 
 
+@pytest.mark.parametrize("by_position", [True, False], ids=["rows_by_position", "rows_by_candidate"])
+def test_decode_plan_points_every_query_row_at_its_users_events(by_position):
+    """The varlen plan (pure torch, so checked here on the CPU): in either row order, the sequence
+    holding query p of candidate n starts at its user's first event in the (B_u * S) key rows and
+    uses exactly that user's events, and the sequences cover every query row once, in order."""
+    from ugsep.varlen_decode import decode_plan
+
+    lens = torch.tensor([0, 1, 5, L, L, 3, 0])
+    valid = (torch.arange(L) >= L - lens[:, None]).float()
+    counts = torch.tensor([3, 40, 1, 0, 7, 2, 5])
+    idx = torch.repeat_interleave(torch.arange(len(lens)), counts)
+    n, nq = len(idx), 4
+    plan = decode_plan(idx, valid, nq, by_position)
+    assert plan.by_position == by_position and plan.cu_q[0] == 0 and plan.cu_q[-1] == n * nq
+    assert (plan.cu_q[1:] >= plan.cu_q[:-1]).all()
+    for c in range(n):
+        u = int(idx[c])
+        for p in range(nq):
+            row = p * n + c if by_position else c * nq + p
+            b = int(torch.searchsorted(plan.cu_q, torch.tensor(row, dtype=plan.cu_q.dtype), right=True)) - 1
+            assert plan.cu_k[b] == u * L + L - lens[u] and plan.used_k[b] == lens[u], (c, p, b)
+    with pytest.raises(ValueError, match="right-aligned"):
+        decode_plan(idx, valid.flip(1), nq, by_position)
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen flash decoding runs on CUDA only")
 
 
