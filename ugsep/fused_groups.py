@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ugsep.layers import PerTokenLinear
+from ugsep.layers import PerTokenLinear, per_position_addmm
 from ugsep.state import UserState
 
 HALF = (torch.bfloat16, torch.float16)
@@ -124,12 +124,7 @@ def _per_position_into(lin: nn.Module, x: Tensor, out: Tensor, positions: slice 
     if type(lin) is not PerTokenLinear:  # quantized: its own kernels, then one copy
         out.copy_(lin.positions_first(x, positions))
         return
-    w, b = lin.weight[positions], lin.bias[positions]
-    for t in range(out.shape[0]):
-        if gelu:
-            torch._addmm_activation(b[t], x[t], w[t], use_gelu=True, out=out[t])
-        else:
-            torch.addmm(b[t], x[t], w[t], out=out[t])
+    per_position_addmm(x, lin.weight[positions], lin.bias[positions], out=out, gelu=gelu)
 
 
 def _takes_fp8(layer: nn.Module) -> bool:

@@ -39,11 +39,15 @@ def per_token_product(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return torch.baddbmm(b.unsqueeze(1), x, w)
 
 
-def per_position_addmm(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    """(T', B, K) @ (T', K, N) + (T', N) -> (T', B, N): one addmm per position, written in place."""
-    y = torch.empty((x.shape[0], x.shape[1], w.shape[2]), device=x.device, dtype=x.dtype)
+def per_position_addmm(x: Tensor, w: Tensor, b: Tensor, out: Tensor | None = None, gelu: bool = False) -> Tensor:
+    """(T', B, K) @ (T', K, N) + (T', N) -> (T', B, N): one addmm per position, written in place
+    (into ``out`` where given). ``gelu``: GELU in the product's epilogue (cuBLASLt's tanh form on CUDA)."""
+    y = torch.empty((x.shape[0], x.shape[1], w.shape[2]), device=x.device, dtype=x.dtype) if out is None else out
     for t in range(x.shape[0]):
-        torch.addmm(b[t], x[t], w[t], out=y[t])
+        if gelu:
+            torch._addmm_activation(b[t], x[t], w[t], use_gelu=True, out=y[t])
+        else:
+            torch.addmm(b[t], x[t], w[t], out=y[t])
     return y
 
 
