@@ -165,22 +165,20 @@ def in_process(ckpt: str, warehouse: str, redis: str | None, request, user_cols,
         with torch.inference_mode():
             model.encode_users(users_t)
 
-    def from_scratch() -> None:
-        with torch.inference_mode():
-            torch.sigmoid(model.score_groups(model.encode_users(users_t), items_t, index)).tolist()
+    def scratch(m):  # the user side computed from its features, then the candidates scored
+        def run() -> None:
+            with torch.inference_mode():
+                torch.sigmoid(m.score_groups(m.encode_users(users_t), items_t, index)).tolist()
+        return run
+
+    from_scratch = scratch(model)
 
     uid = [request.user_id]
     paths = {}
     if dtype != "float32":  # the same model in float32, for the precision's ratio
         from ugsep.checkpoint import load_checkpoint
 
-        f32 = load_checkpoint(ckpt)[0].eval()
-
-        def from_scratch_f32() -> None:
-            with torch.inference_mode():
-                torch.sigmoid(f32.score_groups(f32.encode_users(users_t), items_t, index)).tolist()
-
-        paths["from_scratch_float32"] = from_scratch_f32
+        paths["from_scratch_float32"] = scratch(load_checkpoint(ckpt)[0].eval())
     calls = {}  # one score_groups call of k requests' candidates (the user's state gathered k * 500 times)
     with torch.inference_mode():
         state = model.encode_users(users_t)

@@ -95,7 +95,7 @@ def create_app(scorer: OnlineScorer, limits: ServeLimits | None = None,
         gc.collect()
         gc.freeze()
         status["warm"] = True
-        print(f"ugsep serve: model {scorer.version} ready ({str(scorer.dtype).removeprefix('torch.')}; "
+        print(f"ugsep serve: model {scorer.version} ready ({scorer.dtype_name}; "
               f"online store: {scorer.online_store}, "
               f"{scorer.reader.kind} read; micro-batching: "
               f"{f'{batching.window_ms:g} ms' if batching.enabled else 'off'})", file=sys.stderr, flush=True)
@@ -121,7 +121,7 @@ def create_app(scorer: OnlineScorer, limits: ServeLimits | None = None,
             return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready", "model_version": scorer.version,
                              "online_store": scorer.online_store, "read": scorer.reader.kind,
-                             "dtype": str(scorer.dtype).removeprefix("torch.")})
+                             "dtype": scorer.dtype_name})
 
     @app.get("/stats")
     async def stats() -> dict:

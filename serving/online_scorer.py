@@ -96,7 +96,7 @@ class OnlineScorer:
         if dtype not in SERVING_DTYPES:
             raise ValueError(f"dtype must be one of {sorted(SERVING_DTYPES)}, got {dtype!r}")
         self.other_version = other_version
-        self.dtype = SERVING_DTYPES[dtype]
+        self.dtype_name, self.dtype = dtype, SERVING_DTYPES[dtype]
         model, self.version = load_checkpoint(ckpt)
         self.model = model.to(self.dtype)
         self.spec = self.model.spec
