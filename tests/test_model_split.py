@@ -142,6 +142,36 @@ def test_per_position_addmm_equals_the_batched_product(device):
         torch.testing.assert_close(lin(x[:, 1:3], slice(1, 3)), ref[:, 1:3])
 
 
+def test_ffn_one_position_at_a_time_equals_the_batched_form():
+    """CPU inference in bf16 runs PerTokenFFN one position at a time; it must compute what the
+    batched form computes (and float32 or training keep the batched form)."""
+    import torch.nn.functional as F
+
+    from ugsep.layers import PerTokenFFN
+
+    torch.manual_seed(0)
+    ffn = PerTokenFFN(4, 32, 3).bfloat16()
+    with torch.no_grad():
+        ffn.fc1.bias.normal_()
+        ffn.fc2.bias.normal_()
+    x = torch.randn(50, 2, 32, dtype=torch.bfloat16)  # the positions 1:3 of 4
+
+    def batched(x):  # fc1 -> GELU -> fc2 of positions 1:3, each position's own weights
+        w1, b1, w2, b2 = ffn.fc1.weight[1:3], ffn.fc1.bias[1:3], ffn.fc2.weight[1:3], ffn.fc2.bias[1:3]
+        h = F.gelu(torch.baddbmm(b1.unsqueeze(1).float(), x.transpose(0, 1).float(), w1.float()))
+        return torch.baddbmm(b2.unsqueeze(1).float(), h, w2.float()).transpose(0, 1)
+
+    with torch.no_grad():
+        assert ffn._one_position_at_a_time(x.transpose(0, 1))
+        assert not ffn._one_position_at_a_time(x.transpose(0, 1).float())
+        out = ffn(x, slice(1, 3))
+    assert out.shape == (50, 2, 32) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), batched(x), atol=0.01, rtol=0.008)
+    with torch.enable_grad():
+        assert not ffn._one_position_at_a_time(x.transpose(0, 1))
+        torch.testing.assert_close(ffn(x, slice(1, 3)).float(), out.float(), atol=0.02, rtol=0.01)
+
+
 def test_public_api():
     import ugsep
     import ugsep.quant
