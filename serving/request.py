@@ -24,7 +24,9 @@ from ugsep.data.arrow_columns import arrow_columns, field_columns
 from ugsep.features import FeatureSpec, Field, FieldKind
 
 INT64 = (-(2**63), 2**63 - 1)
-LONG_DIGITS = re.compile(rb"\d{19}")  # an integer this long may not fit 64 bits
+# an integer literal this long may not fit 64 bits (digits in a fraction, 0.0007486097165383399,
+# or before an exponent make a float in either reader)
+LONG_DIGITS = re.compile(rb"(?<![\d.])\d{19,}(?![\d.eE])")
 EXPECTED = {FieldKind.CATEGORICAL: "an integer id", FieldKind.DENSE: "a finite number",
             FieldKind.MULTI: "a list of integer ids (or null)"}
 
@@ -131,7 +133,7 @@ def parse_request(body: bytes, spec: FeatureSpec, max_candidates: int) -> ScoreR
 def _decode(body: bytes) -> object:
     """JSON -> Python: orjson (faster), and the standard library where orjson would differ from
     it: what orjson refuses (NaN, deep nesting, bad bytes) is read or named by ``json``, and so is
-    a body with a run of 19 or more digits, since orjson reads an integer past 64 bits as a float
+    a body with an integer literal of 19 or more digits, since orjson reads an integer past 64 bits as a float
     (the checks then name the exact integer)."""
     if not LONG_DIGITS.search(body):
         try:

@@ -298,6 +298,18 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     assert native_bf16_cpu(str(info)) is None
 
 
+def test_only_long_integer_literals_leave_the_fast_json_reader():
+    """orjson reads an integer past 64 bits as a float, so such a body goes to ``json``; a float
+    with a long fraction (small values print many digits) stays with orjson."""
+    from serving.request import LONG_DIGITS, _decode
+
+    for body in (b'{"popularity": 0.0007486097165383399}', b'[1.00000000000000000000001e5, 123456789012345678.5]'):
+        assert LONG_DIGITS.search(body) is None, body
+    for body in (b'{"item_id": 18446744073709551616}', b'[-18446744073709551616]', b'[1,99999999999999999999]'):
+        assert LONG_DIGITS.search(body), body
+    assert _decode(b'[18446744073709551616, 0.0007486097165383399]') == [2**64, 0.0007486097165383399]
+
+
 def test_bad_requests_get_a_4xx_naming_the_input_and_the_service_goes_on(services, day):
     url = services["sqlite"]
     good = _request(day, 0, 3, seed=1)
