@@ -76,7 +76,7 @@ def test_training_adds_the_losses_and_drives_the_gates_up():
     tcfg = TrainConfig(max_epochs=1, batch_size=128, warmup_steps=0, aux_loss_weight=1.0)
     torch.manual_seed(tcfg.seed)
     fresh = RankingModel(spec, cfg).train()  # train_model seeds the same way: the same initial weights
-    model = train_model(spec, cfg, synthetic_sequence_dataset(120, seed=1, seq_len=L), tcfg).model.train()
+    model = train_model(spec, cfg, synthetic_sequence_dataset(120, seed=1, seq_len=L), tcfg).model.train().cpu()
     users, _, _ = batch([L, L, 5], [1, 1, 1])
     assert mean_gate(model, users) > mean_gate(fresh, users) + 0.05  # the peak loss pushed the gates towards 1
     assert model.auxiliary_loss() != 0.0 and model.auxiliary_loss() == 0.0  # read once, then reset

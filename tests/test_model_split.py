@@ -170,6 +170,14 @@ def test_ffn_one_position_at_a_time_equals_the_batched_form():
     with torch.enable_grad():
         assert not ffn._one_position_at_a_time(x.transpose(0, 1))
         torch.testing.assert_close(ffn(x, slice(1, 3)).float(), out.float(), atol=0.02, rtol=0.01)
+    seen = []  # a forward hook (FP8 calibration's) sees both products, whichever form runs
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape)) for m in (ffn.fc1, ffn.fc2)]
+    with torch.no_grad():
+        assert not ffn._one_position_at_a_time(x)
+        torch.testing.assert_close(ffn(x, slice(1, 3)), out, atol=0.02, rtol=0.01)
+    for h in hooks:
+        h.remove()
+    assert seen == [(50, 2, 32), (50, 2, 96)]
 
 
 def test_public_api():

@@ -63,20 +63,22 @@ class PerTokenFFN(nn.Module):
     def forward(self, x: Tensor, positions: slice = slice(None)) -> Tensor:
         # x: (B, T', D). Both products and the GELU run position-major, (T', B, kD) contiguous:
         # a GELU over a transposed view and a copy back for fc2 cost the CPU more than the products
-        x = x.transpose(0, 1)  # (T', B, D)
+        # (the products are called as modules, so forward hooks, e.g. FP8 calibration's, see them)
         if self._one_position_at_a_time(x):
-            return self._by_position(x, positions).transpose(0, 1)
-        h = F.gelu(self.fc1.positions_first(x, positions))  # (T', B, kD)
+            return self._by_position(x.transpose(0, 1), positions).transpose(0, 1)
+        h = F.gelu(self.fc1(x, positions).transpose(0, 1))  # (T', B, kD), the product's own layout
         h = F.dropout(h, self.dropout, self.training)
-        return self.fc2.positions_first(h, positions).transpose(0, 1)  # (B, T', D)
+        return self.fc2(h.transpose(0, 1), positions)  # (B, T', D)
 
     def _one_position_at_a_time(self, x: Tensor) -> bool:
         """CPU inference in bf16/fp16 (``ugsep serve --dtype bfloat16``): each position's (B, kD)
         hidden activations are still in cache for its GELU and fc2, where the batched form writes
         and rereads all T' of them; 1.3-1.6x faster per FFN at B=500, D=128 (no gain in float32).
-        Quantized layers keep their own kernels."""
-        return (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and not torch.is_grad_enabled()
-                and type(self.fc1) is PerTokenLinear and type(self.fc2) is PerTokenLinear)
+        Quantized layers keep their own kernels; hooked layers are called as modules."""
+        plain = all(type(m) is PerTokenLinear and not m._forward_pre_hooks and not m._forward_hooks
+                    for m in (self.fc1, self.fc2))
+        half = x.dtype in (torch.bfloat16, torch.float16)
+        return x.device.type == "cpu" and half and not torch.is_grad_enabled() and plain
 
     def _by_position(self, x: Tensor, positions: slice) -> Tensor:
         """(T', B, D) -> (T', B, D), one position's fc1 -> GELU -> fc2 at a time."""
