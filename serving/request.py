@@ -24,9 +24,12 @@ from ugsep.data.arrow_columns import arrow_columns, field_columns
 from ugsep.features import FeatureSpec, Field, FieldKind
 
 INT64 = (-(2**63), 2**63 - 1)
-# an integer literal this long may not fit 64 bits (digits in a fraction, 0.0007486097165383399,
-# or before an exponent make a float in either reader)
-LONG_DIGITS = re.compile(rb"(?<![\d.])\d{19,}(?![\d.eE])")
+# a body's shape for finding long integer literals: digits -> "0", "." and exponent marks -> "." and
+# "e", anything else -> " "; an integer literal of 19+ digits (one that may not fit 64 bits) starts
+# where " " meets 19 "0"s
+_SHAPE = bytes(48 if 48 <= b <= 57 else b if b in b".e" else 101 if b == 69 else 32 for b in range(256))
+_LONG_INTEGER = b" " + b"0" * 19
+_ZEROS = re.compile(rb"0*")
 EXPECTED = {FieldKind.CATEGORICAL: "an integer id", FieldKind.DENSE: "a finite number",
             FieldKind.MULTI: "a list of integer ids (or null)"}
 
@@ -130,12 +133,26 @@ def parse_request(body: bytes, spec: FeatureSpec, max_candidates: int) -> ScoreR
     return ScoreRequest(int(doc["user_id"]), ids, items)
 
 
+def long_integer_literal(body: bytes) -> bool:
+    """Whether ``body`` holds an integer literal of 19 or more digits. The digits of a fraction
+    (0.0007486097165383399) or of a mantissa before its exponent make a float in either reader.
+    Byte-level searches only: a regex scan of a 73 KB body takes about 1 ms, longer than orjson's read."""
+    shape = (b" " + body).translate(_SHAPE)
+    i = shape.find(_LONG_INTEGER)
+    while i >= 0:
+        end = _ZEROS.match(shape, i + 1).end()
+        if shape[end : end + 1] not in (b".", b"e"):
+            return True
+        i = shape.find(_LONG_INTEGER, end)
+    return False
+
+
 def _decode(body: bytes) -> object:
     """JSON -> Python: orjson (faster), and the standard library where orjson would differ from
     it: what orjson refuses (NaN, deep nesting, bad bytes) is read or named by ``json``, and so is
     a body with an integer literal of 19 or more digits, since orjson reads an integer past 64 bits as a float
     (the checks then name the exact integer)."""
-    if not LONG_DIGITS.search(body):
+    if not long_integer_literal(body):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
