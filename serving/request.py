@@ -16,6 +16,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import orjson
@@ -75,8 +76,27 @@ def _is_number(v: object) -> bool:
     return (type(v) is float and math.isfinite(v)) or _is_int(v)
 
 
+def _ints_fit(values: list) -> bool:
+    """Every value an int (not a bool) within 64 bits, with C-level passes over the list."""
+    return not values or (set(map(type, values)) == {int} and INT64[0] <= min(values) and max(values) <= INT64[1])
+
+
+def _column_fits(values: list, f: Field) -> bool:
+    """A fast whole-column form of ``_check_column``'s test: True only where every value fits
+    (False may still be a good column: ``_check_column`` then looks value by value)."""
+    if f.kind == FieldKind.CATEGORICAL:
+        return _ints_fit(values)
+    if f.kind == FieldKind.DENSE:
+        return set(map(type, values)) == {float} and bool(np.isfinite(np.array(values, dtype=np.float64)).all())
+    if not set(map(type, values)) <= {list, type(None)}:
+        return False
+    return _ints_fit(list(chain.from_iterable(v for v in values if v)))
+
+
 def _check_column(values: list, f: Field, where: str) -> None:
     """Raise a RequestError at the first value of ``values`` that does not fit field ``f``."""
+    if _column_fits(values, f):
+        return
     if f.kind == FieldKind.CATEGORICAL:
         ok = _is_int
     elif f.kind == FieldKind.DENSE:
@@ -124,7 +144,7 @@ def parse_request(body: bytes, spec: FeatureSpec, max_candidates: int) -> ScoreR
                            f"(--max-candidates), found {len(records)}", "candidates", 413)
     items = candidate_columns(records, spec)
     ids = [r.get("item_id") for r in records]  # the response names each score's item
-    if not all(map(_is_int, ids)):
+    if not _ints_fit(ids):
         i = next(i for i, v in enumerate(ids) if not _is_int(v))
         if "item_id" not in records[i]:
             raise ItemFieldError(f"candidates[{i}].item_id: missing; every candidate needs its item id",

@@ -20,6 +20,8 @@ import torch
 from conftest import free_port, start_redis_server
 from feast import ValueType
 from feast.type_map import python_values_to_proto_values
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from online_fixture import OTHER_VERSION, candidate_records, fill_online_store
 
 from feature_store.online_write import write_arrow
@@ -296,6 +298,45 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     assert native_bf16_cpu(str(tmp_path / "missing")) is None
     info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # an Arm CPU: no x86 flags
     assert native_bf16_cpu(str(info)) is None
+
+
+WIDE_INTS = st.integers(min_value=-(2**65), max_value=2**65)
+NUMBERS = st.one_of(WIDE_INTS, st.floats(), st.booleans())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["categorical", "dense", "multi"]), st.one_of(
+    st.lists(st.one_of(NUMBERS, st.none(), st.text(max_size=2), st.lists(NUMBERS, max_size=3)), max_size=6),
+    st.lists(NUMBERS, max_size=6),  # columns of numbers only, where a whole-column test is tempted
+    st.lists(st.one_of(st.none(), st.lists(NUMBERS, max_size=3)), max_size=6)))
+@example("dense", [2**64])
+@example("dense", [1.5, float("nan")])
+@example("categorical", [1, True])
+@example("categorical", [2**63])
+@example("multi", [[1], None, [2**64]])
+@example("multi", [[1.0]])
+def test_the_whole_column_check_agrees_with_the_value_by_value_one(kind, values):
+    """The fast column test passes a column only where every value passes the per-value test,
+    and a column the per-value test passes is accepted either way."""
+    import serving.request as rq
+    from ugsep.features import Field
+
+    f = Field("x", kind, buckets=7, dim=3, max_len=4) if kind != "dense" else Field("x", kind)
+
+    def per_value_verdict() -> bool:
+        fast, rq._column_fits = rq._column_fits, lambda values, f: False
+        try:
+            rq._check_column(values, f, "c")
+            return True
+        except rq.RequestError:
+            return False
+        finally:
+            rq._column_fits = fast
+
+    good = per_value_verdict()
+    assert not rq._column_fits(values, f) or good
+    if good:
+        rq._check_column(values, f, "c")
 
 
 def test_only_long_integer_literals_leave_the_fast_json_reader():
