@@ -132,7 +132,9 @@ def table(name: str, rows: list[dict], seeds: list[int]) -> str:
                    f"{ms(col('logloss'))} | {'/'.join(f'{e:g}' for e in col('epoch'))} | "
                    + (f"{np.mean(r['vs_deepfm']):+.4f} |" if r["vs_deepfm"] is not None else "- |")
                    + f" {r['runs'][0]['params']:,} | {r['runs'][0]['flops'] / 1e6:.3g} |")
-    out += ["", "\\* the DeepFM recipe its validation log loss prefers; the last column compares with it.",
+    with_deepfm = any(r["model"].startswith("deepfm") for r in rows)  # --rows may leave DeepFM out
+    out += [""] + (["\\* the DeepFM recipe its validation log loss prefers; the AUC column compares with it."]
+                   if with_deepfm else []) + [
             f"MFLOPs/cand: matmul FLOPs per scored candidate at inference; under the UG-Sep split the user side is "
             f"divided over the test split's {per_user:.1f} candidates per user."]
     return "\n".join(out)
