@@ -95,8 +95,12 @@ def _column_fits(values: list, f: Field) -> bool:
 
 def _check_column(values: list, f: Field, where: str) -> None:
     """Raise a RequestError at the first value of ``values`` that does not fit field ``f``."""
-    if _column_fits(values, f):
-        return
+    if not _column_fits(values, f):
+        _check_values(values, f, where)
+
+
+def _check_values(values: list, f: Field, where: str) -> None:
+    """``_check_column`` value by value: the reference verdict, and the one that names a bad value."""
     if f.kind == FieldKind.CATEGORICAL:
         ok = _is_int
     elif f.kind == FieldKind.DENSE:
