@@ -182,6 +182,25 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen fl
 
 
 @needs_cuda
+def test_decode_plan_read_back_asynchronously_equals_the_waited_for_one():
+    """plan_stats queues the host read (pinned, non-blocking) and decode_plan waits for it later:
+    the same plan as when it is read and waited for at once, with GPU work queued in between."""
+    from ugsep.varlen_decode import decode_plan, plan_stats
+
+    lens = torch.tensor([0, 1, 5, L, L, 3, 0], device="cuda")
+    valid = (torch.arange(L, device="cuda") >= L - lens[:, None]).float()
+    idx = torch.repeat_interleave(torch.arange(len(lens), device="cuda"),
+                                  torch.tensor([3, 40, 1, 0, 7, 2, 5], device="cuda"))
+    stats = plan_stats(idx, valid, 4)
+    assert stats.host.is_pinned()
+    torch.randn(2048, 2048, device="cuda").matmul(torch.randn(2048, 2048, device="cuda"))  # queued in between
+    late, now = decode_plan(idx, valid, 4, stats=stats), decode_plan(idx, valid, 4)
+    assert (late.by_position, late.max_q, late.max_k) == (now.by_position, now.max_q, now.max_k)
+    for name in ("cu_q", "cu_k", "used_k", "lens"):
+        assert torch.equal(getattr(late, name), getattr(now, name)), name
+
+
+@needs_cuda
 def test_varlen_decode_equals_the_padded_attention():
     """The flash varlen kernel with the null slot merged afterwards equals the padded, masked SDPA
     path over [null, events], for users with 0, 1, some and L events and 0..40 candidates."""

@@ -48,12 +48,14 @@ def score_groups_fused(model: nn.Module, state: UserState, items: dict[str, Tens
         ng = model.cfg.n_group_queries
     n, dtype = user_index.numel(), model.item_tokenizer.proj.bias.dtype
     g = torch.empty((ng + model.cfg.n_group_tokens, n, model.cfg.d_model), device=user_index.device, dtype=dtype)
+    if seq is not None:  # the plan's host read is queued first and waited for after the queries
+        from ugsep.varlen_decode import decode_plan, plan_stats
+
+        stats = plan_stats(user_index, state.valid, ng)
     _tokens_into(model.item_tokenizer, items, g[ng:])  # (T_g, N, D)
     if seq is not None:
-        from ugsep.varlen_decode import decode_plan
-
-        plan = decode_plan(user_index, state.valid, ng, by_position)
         _queries_into(seq.group_queries, state.pre, user_index, g[ng:], g[:ng])  # (N_g, N, D)
+        plan = decode_plan(user_index, state.valid, ng, by_position, stats)
     pooled = None
     for i, blk in enumerate(model.blocks):
         if seq is not None:

@@ -52,21 +52,54 @@ class DecodePlan:
     max_k: int
 
 
-def decode_plan(user_index: Tensor, valid: Tensor, n_queries: int, by_position: bool | None = None) -> DecodePlan:
-    """user_index (N,) sorted ascending; valid (B_u, S) 1 where an event is, right-aligned.
-    ``by_position``: the row order (None: the one that needs fewer kernel tiles, see the module doc)."""
+@dataclass(frozen=True)
+class PlanStats:
+    """The four integers the plan needs on the host (a misalignment flag, the most candidates of a
+    user, the kernel tiles of either row order), read back without blocking: ``plan_stats`` queues
+    the copy, and ``decode_plan`` waits only for it, so the GPU runs the work queued in between
+    (the item tokens and queries) while the host waits, and has the decoding queued behind it."""
+
+    lens: Tensor  # (B_u,) events per user, on the device
+    counts: Tensor  # (B_u,) candidates per user, on the device
+    host: Tensor  # (4,) int64 on the host (pinned where the copy is asynchronous)
+    ready: torch.cuda.Event | None  # recorded after the copy (None: on the CPU, already there)
+
+
+def plan_stats(user_index: Tensor, valid: Tensor, n_queries: int) -> PlanStats:
+    """Queue the plan's host read: user_index (N,) sorted; valid (B_u, S) 1 where an event is."""
     b_u, s = valid.shape
     lens = (valid > 0.5).sum(1)  # (B_u,)
-    counts = torch.bincount(user_index, minlength=b_u)  # candidates per user
+    # candidates per user; bincount would read its output size back to the host, index_add_ does not
+    counts = torch.zeros(b_u, dtype=torch.long, device=valid.device).index_add_(
+        0, user_index, torch.ones_like(user_index, dtype=torch.long))
     misaligned = ((valid > 0.5) != (torch.arange(s, device=valid.device) >= s - lens[:, None])).any()
     tiles = FLASH_TILE_ROWS
     tiles_pos = (n_queries * ((counts + tiles - 1) // tiles)).sum()
     tiles_cand = ((counts * n_queries + tiles - 1) // tiles).sum()
-    bad, most, t_pos, t_cand = torch.stack([misaligned.long(), counts.max(), tiles_pos, tiles_cand]).tolist()
-    if bad:  # one host sync for all four
+    stats = torch.stack([misaligned.long(), counts.max() if b_u else counts.sum(), tiles_pos, tiles_cand])
+    if not stats.is_cuda:
+        return PlanStats(lens, counts, stats, None)
+    host = stats.to("cpu", non_blocking=True)  # a pinned destination: the copy is queued, not waited for
+    ready = torch.cuda.Event()
+    ready.record()
+    return PlanStats(lens, counts, host, ready)
+
+
+def decode_plan(user_index: Tensor, valid: Tensor, n_queries: int, by_position: bool | None = None,
+                stats: PlanStats | None = None) -> DecodePlan:
+    """user_index (N,) sorted ascending; valid (B_u, S) 1 where an event is, right-aligned.
+    ``by_position``: the row order (None: the one that needs fewer kernel tiles, see the module doc).
+    ``stats``: ``plan_stats`` of the same inputs, queued earlier (None: queued and waited for here)."""
+    b_u, s = valid.shape
+    stats = stats if stats is not None else plan_stats(user_index, valid, n_queries)
+    if stats.ready is not None:
+        stats.ready.synchronize()  # the plan's only host sync: it waits for the four integers alone
+    bad, most, t_pos, t_cand = stats.host.tolist()
+    if bad:
         raise ValueError("varlen decoding needs right-aligned histories (padding first, the latest event last)")
     if by_position is None:
         by_position = t_pos <= BY_POSITION_MAX_TILES * t_cand
+    lens, counts = stats.lens, stats.counts
     starts = torch.arange(b_u, device=valid.device) * s + s - lens  # (B_u,) each user's first event row
     if by_position:  # sequence p * B_u + u: query position p of user u's candidates
         n = user_index.numel()
