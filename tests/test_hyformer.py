@@ -181,6 +181,25 @@ def test_decode_plan_points_every_query_row_at_its_users_events(by_position):
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen flash decoding runs on CUDA only")
 
 
+@pytest.mark.parametrize("events", [0, 5, L], ids=["no_events", "some_events", "max_len_events"])
+def test_one_users_candidates_decode_as_each_candidate_alone(events):
+    """An online request (one user): grouped_attention lays the candidates' queries out as the
+    user's query sequence with no padding; each candidate's result equals its own attention over
+    its user's [null, events] (the full forward's per-row path), in shuffled candidate order."""
+    from ugsep.sequence import attention, grouped_attention, user_buckets
+
+    torch.manual_seed(events)
+    dec = hyformer().seq.decoders[0].eval()
+    valid = (torch.arange(L) >= L - events).float()[None]  # (1, L) right-aligned
+    kv = dec.keys_values(torch.randn(1, L, 64), valid > 0.5)  # (1, 2, L, D)
+    k, v, mask = dec._with_null(kv, valid > 0.5)
+    q = torch.randn(37, 4, 64)
+    with torch.no_grad():
+        got = grouped_attention(q, k, v, mask, user_buckets(torch.zeros(37, dtype=torch.long)), dec.n_heads)
+        ref = attention(q, k.expand(37, -1, -1), v.expand(37, -1, -1), mask[:, None, None, :], dec.n_heads)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
 @needs_cuda
 def test_decode_plan_read_back_asynchronously_equals_the_waited_for_one():
     """plan_stats queues the host read (pinned, non-blocking) and decode_plan waits for it later:
