@@ -7,7 +7,9 @@ both are timed together, as serving runs them. One model, one process, the same 
 sequence lengths L and candidates per user C. Each cell prints both speeds, the measured speed-up, the FLOPs
 ratio ``flops_per_candidate(1) / flops_per_candidate(C)`` and measured / FLOPs; the item side alone
 (``score_groups`` on a ready state) with its achieved FLOP/s, and on the GPU its ms beside the same call on
-torch ops (``eager ms``, where the timed one runs fused); and the largest |split - full| logit difference,
+torch ops (``eager ms``, where the timed one runs fused) and back to back (``stream``: calls queued one after
+another with one wait at the end, as a batch scorer's steady state runs them, so the host's launches of one
+call overlap the GPU's work on the one before); and the largest |split - full| logit difference,
 checked once per cell outside the timing (float32: a tight bound; bf16: a loose one, reported).
 
 On CUDA (default when available): bf16, d_model 512 with T = 16 tokens, 32768 candidates per call, but at most
@@ -106,6 +108,19 @@ def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
     return float(np.median(times))
 
 
+def streamed(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Seconds per call with ``repeats`` calls queued back to back and one wait at the end (GPU only)."""
+    for _ in range(warmup):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e-3 / repeats
+
+
 def build_model(seq_len: int, encoder: str, d_model: int, device: torch.device, dtype: torch.dtype,
                 collective_kv: bool = False) -> RankingModel:
     """The same weights for every L (seeded), with a head that spreads logits, so the agreement check means
@@ -148,6 +163,8 @@ def run_cell(model, paths, spec, seq_len: int, per_user: int, p: dict, device, d
         t_item = timed(lambda: score(state, si, sidx), device, p["warmup"], p["repeats"])
         if p.get("profile"):
             print_profile(lambda: score(state, si, sidx), device)
+        t_stream = streamed(lambda: score(state, si, sidx), device, p["warmup"], p["repeats"]) \
+            if device.type == "cuda" else math.nan
         t_eager = math.nan  # the item side on torch ops, where the timed one runs fused (Triton + varlen flash)
         if model.kernels is Backend.TRITON:
             backend = model.backend
@@ -156,11 +173,11 @@ def run_cell(model, paths, spec, seq_len: int, per_user: int, p: dict, device, d
                 t_eager = timed(lambda: model.score_groups(state, si, sidx), device, p["warmup"], p["repeats"])
             finally:
                 model.use_kernels(backend)
-        return t_split, t_item, t_eager, timed(lambda: encode(su), device, p["warmup"], p["repeats"])
+        return t_split, t_item, t_stream, t_eager, timed(lambda: encode(su), device, p["warmup"], p["repeats"])
 
     with torch.inference_mode():
         (diff, scale, t_full), n_full = halve_until_it_fits(run_full, n_full)
-        (t_split, t_item, t_eager, t_user), n_users = halve_until_it_fits(run_split, n_users)
+        (t_split, t_item, t_stream, t_eager, t_user), n_users = halve_until_it_fits(run_split, n_users)
     item_flops = model.flops_per_candidate(math.inf)  # per candidate: the candidate side and the head
     user_flops = model.flops_per_candidate(1.0) - item_flops  # per user: all that reads the user alone
     flops_ratio = model.flops_per_candidate(1.0) / model.flops_per_candidate(per_user)
@@ -173,7 +190,9 @@ def run_cell(model, paths, spec, seq_len: int, per_user: int, p: dict, device, d
         "flops_ratio": flops_ratio, "measured_over_flops": speedup / flops_ratio,
         "full_flops_per_s": model.flops_per_candidate(1.0) * rows_full / t_full,
         "item_flops_per_s": item_flops * rows_split / t_item, "user_flops_per_s": user_flops * n_users / t_user,
-        "item_ms": t_item * 1e3, "eager_item_ms": t_eager * 1e3, "user_ms": t_user * 1e3,
+        "item_stream_flops_per_s": item_flops * rows_split / t_stream,
+        "item_ms": t_item * 1e3, "item_stream_ms": t_stream * 1e3, "eager_item_ms": t_eager * 1e3,
+        "user_ms": t_user * 1e3,
         "max_abs_diff": diff, "max_abs_logit": scale, "diff_bound": bound, "agrees": diff <= bound,
     }
 
@@ -270,7 +289,8 @@ def main() -> None:
           + (f", item-side peak {a.peak_tflops:g} TFLOP/s bf16 dense (H100 SXM; H200 the same compute)" if gpu else ""))
     print(f"{'L':>5} {'cand/user':>9} {'rows full/split':>15} {'full cand/s':>12} {'split cand/s':>12} "
           f"{'speed-up':>8} {'FLOPs ratio':>11} {'meas/FLOPs':>10} {'full ' + unit:>10} {'item ' + unit:>10} "
-          + (f"{'item %peak':>10} {'item ms':>8} {'eager ms':>8} " if gpu else "") + f"{'max|diff|':>9}")
+          + (f"{'item %peak':>10} {'item ms':>8} {'stream %peak':>12} {'stream ms':>9} {'eager ms':>8} "
+             if gpu else "") + f"{'max|diff|':>9}")
     results, states = [], {}
     for seq_len in p["lengths"]:
         model = build_model(seq_len, a.encoder, p["d_model"], device, dtype, a.collective_kv)
@@ -287,7 +307,9 @@ def main() -> None:
             r = run_cell(model, paths, model.spec, seq_len, per_user, p, device, dtype, seed=seq_len * 1000 + per_user)
             r["state_bytes_per_user"] = layout.bytes_per_user(dtype)
             results.append(r)
-            peak = (f"{100 * r['item_flops_per_s'] / (a.peak_tflops * 1e12):>9.1f}% {r['item_ms']:>8.3g} "
+            pct = 100 / (a.peak_tflops * 1e12)
+            peak = (f"{pct * r['item_flops_per_s']:>9.1f}% {r['item_ms']:>8.3g} "
+                    f"{pct * r['item_stream_flops_per_s']:>11.1f}% {r['item_stream_ms']:>9.3g} "
                     f"{r['eager_item_ms']:>8.3g} " if gpu else "")
             flag = "" if r["agrees"] else f" > bound {r['diff_bound']:.2g}!"
             print(f"{seq_len:>5} {per_user:>9} {r['rows_full']:>7}/{r['rows_split']:<7} {r['full_cand_per_s']:>12,.0f} "
