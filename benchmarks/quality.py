@@ -42,6 +42,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from baselines import DeepFM  # noqa: E402
 from movielens_fixture import write_movielens_like  # noqa: E402
 
+from ugsep.collective_kv import PoolTally  # noqa: E402
 from ugsep.config import ModelConfig, TrainConfig  # noqa: E402
 from ugsep.data.datasets import load_dataset  # noqa: E402
 from ugsep.data.ranking_data import split_last_share  # noqa: E402
@@ -85,10 +86,12 @@ def run_one(job: tuple[str, str, str | None, int, int, str]) -> dict:
     t0 = time.perf_counter()
     result = fit(model, fit_rows, val, tcfg, torch.device(device), log=lambda s: None)
     per_user = len(test) / len(np.unique(test.user_ids()))  # the test split's mean candidates per user
+    tally = PoolTally(model.cfg.kv_pool_size) if kind != "deepfm" and model.cfg.collective_kv else None
+    metrics = evaluate(result.model, test, on_state=tally)
     return {"row": row, "dataset": dataset, "seed": seed, "max_epochs": max_epochs, "epoch": result.best["epoch"],
             "val_logloss": result.best["val_logloss"], "seconds": time.perf_counter() - t0,
             "params": sum(p.numel() for p in model.parameters()), "flops": flops_per_candidate(model, per_user),
-            "candidates_per_user": per_user, **evaluate(result.model, test)}
+            "candidates_per_user": per_user, **metrics, "kv_pool": tally.usage() if tally else None}
 
 
 def flops_per_candidate(model: nn.Module, candidates_per_user: float) -> float:
@@ -132,8 +135,15 @@ def table(name: str, rows: list[dict], seeds: list[int]) -> str:
                    f"{ms(col('logloss'))} | {'/'.join(f'{e:g}' for e in col('epoch'))} | "
                    + (f"{np.mean(r['vs_deepfm']):+.4f} |" if r["vs_deepfm"] is not None else "- |")
                    + f" {r['runs'][0]['params']:,} | {r['runs'][0]['flops'] / 1e6:.3g} |")
+    pools = []  # CollectiveKV rows: how the test users' events spread over the pools (mean of layers, K and V)
+    for r in rows:
+        usage = [x["kv_pool"] for x in r["runs"] if x.get("kv_pool")]
+        if usage:
+            used, top = (np.mean([np.mean(u[k]) for u in usage]) for k in ("rows_used", "top10_share"))
+            pools.append(f"{r['model']}: {used:.1%} of the pool rows serve some test event; the 10 busiest serve "
+                         f"{top:.1%} of them.")
     with_deepfm = any(r["model"].startswith("deepfm") for r in rows)  # --rows may leave DeepFM out
-    out += [""] + (["\\* the DeepFM recipe its validation log loss prefers; the AUC column compares with it."]
+    out += [""] + pools + (["\\* the DeepFM recipe its validation log loss prefers; the AUC column compares with it."]
                    if with_deepfm else []) + [
             f"MFLOPs/cand: matmul FLOPs per scored candidate at inference; under the UG-Sep split the user side is "
             f"divided over the test split's {per_user:.1f} candidates per user."]

@@ -15,11 +15,13 @@ def report(model, test, extra: dict) -> dict:
     """The JSON report of train and eval: quality on the test split, size and cost."""
     import numpy as np
 
+    from ugsep.collective_kv import PoolTally
     from ugsep.features import PAD_ID
     from ugsep.train import evaluate
 
     cands_per_user = len(test) / max(len(np.unique(test.user_ids())), 1)
-    out = evaluate(model, test)
+    tally = PoolTally(model.cfg.kv_pool_size) if model.state_layout.kv_user_dim else None  # CollectiveKV routing
+    out = evaluate(model, test, on_state=tally)
     seq = model.spec.sequence_fields
     if seq:
         out["seq_len_mean"] = round(float((test.users[seq[0].name][test.user_row] != PAD_ID).sum(1).mean()), 2)
@@ -28,6 +30,7 @@ def report(model, test, extra: dict) -> dict:
     if layout.kv_user_dim:  # CollectiveKV: the K/V as stored (indices + user dims) vs the bf16 K/V they replace
         out["kv_bytes_per_user"] = layout.kv_bytes_per_user()
         out["state_bytes_per_user_uncompressed"] = layout.uncompressed_kv_bytes_per_user()
+        out["kv_pool"] = tally.usage()
     out.update(
         params=model.num_params(),
         flops_per_candidate=round(model.flops_per_candidate(cands_per_user)),
@@ -253,7 +256,9 @@ def register(sub) -> None:
                    help="load the dataset with behaviour sequences (default: only for hyformer)")
     m.add_argument("--seq-len", type=int, default=50, help="events kept per user history (default %(default)s)")
     m.add_argument("--collective-kv", action="store_true",
-                   help="hyformer: keep sequence K/V as shared pool rows + a few user dims (CollectiveKV)")
+                   help="hyformer: keep sequence K/V as shared pool rows + a few user dims (CollectiveKV); the "
+                        "report's kv_pool gives, per layer [K, V], the share of pool rows the test users' events "
+                        "use and the share of events the 10 busiest rows take (a collapsed router uses few rows)")
     m.add_argument("--kv-pool-size", type=int, default=model_defaults.kv_pool_size,
                    help="CollectiveKV: rows of each K and V pool (default %(default)s)")
     m.add_argument("--kv-user-dim", type=int, default=model_defaults.kv_user_dim,

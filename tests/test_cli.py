@@ -107,6 +107,10 @@ def test_hyformer_trains_on_movielens_histories_and_reports_its_state_size(tmp_p
     # per layer and position: 2 int16 indices + 2 x 2 bf16 user dims = 12 bytes, against 2 x 64 bf16 = 256
     assert ckv["kv_bytes_per_user"] == 2 * 8 * 12 and ckv["state_bytes_per_user_uncompressed"] == 2 * 8 * 256
     assert ckv["state_bytes_per_user"] < out["state_bytes_per_user"] / 2
+    pool = ckv["kv_pool"]  # per layer [K, V]: the test users' positions over the 300-row pools
+    assert len(pool["rows_used"]) == 2 and all(0 < x <= 1 for kv in pool["rows_used"] for x in kv)
+    assert all(0 < x <= 1 for kv in pool["top10_share"] for x in kv)
+    assert "kv_pool" not in out
 
 
 def test_bad_input_gives_clear_error(tmp_path):

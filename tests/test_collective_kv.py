@@ -70,6 +70,22 @@ def mean_gate(model, users) -> float:
     return float(gate[valid.unsqueeze(1).expand_as(gate)].mean())
 
 
+def test_pool_usage_counts_the_valid_positions_per_layer_and_kind():
+    """By hand: 2 users, 2 layers, 3 positions (user 1's first is padding), a pool of 4 rows."""
+    from ugsep.collective_kv import pool_counts, pool_usage
+
+    kv_index = torch.tensor([
+        [[[0, 0, 1], [3, 3, 3]], [[2, 2, 2], [0, 1, 2]]],  # user 0: layer 0 K, V; layer 1 K, V
+        [[[3, 0, 0], [1, 3, 3]], [[1, 2, 2], [0, 0, 0]]],  # user 1: position 0 is padding
+    ])
+    valid = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    counts = pool_counts(kv_index, valid, 4)
+    assert counts.tolist() == [[[4, 1, 0, 0], [0, 0, 0, 5]], [[0, 0, 5, 0], [3, 1, 1, 0]]]
+    usage = pool_usage(counts, top=1)
+    assert usage["rows_used"] == [[0.5, 0.25], [0.25, 0.75]]
+    assert usage["top1_share"] == [pytest.approx([0.8, 1.0]), pytest.approx([1.0, 0.6])]
+
+
 def test_training_adds_the_losses_and_drives_the_gates_up():
     spec = synthetic_sequence_spec(L)
     cfg = ModelConfig(arch="hyformer", collective_kv=True, kv_pool_size=64, kv_user_dim=4, fm_dim=0)

@@ -71,3 +71,40 @@ class CollectiveKV(nn.Module):
     def flops_per_event(self) -> int:
         """Matmul FLOPs of routing and the user projections per sequence position."""
         return 2 * (self.router.weight.numel() + self.user.weight.numel())
+
+
+def pool_counts(kv_index: Tensor, valid: Tensor, pool_size: int) -> Tensor:
+    """How many valid sequence positions each pool row serves: kv_index (B, L, 2, S) of a user
+    state (L layers; K then V), valid (B, S) -> (L, 2, pool_size) int64."""
+    n_layers = kv_index.shape[1]
+    idx = kv_index.permute(1, 2, 0, 3)[:, :, valid > 0.5]  # (L, 2, valid positions)
+    offset = torch.arange(n_layers * 2, device=idx.device).view(n_layers, 2, 1) * pool_size
+    counts = torch.bincount((idx + offset).flatten(), minlength=n_layers * 2 * pool_size)
+    return counts.view(n_layers, 2, pool_size)
+
+
+def pool_usage(counts: Tensor, top: int = 10) -> dict[str, list[list[float]]]:
+    """Routing health from ``pool_counts``, per layer as [K, V]: the share of the pool's rows some
+    position uses (a collapsed router uses few), and the share of positions the ``top`` busiest
+    rows take."""
+    total = counts.sum(-1).clamp(min=1)
+    used = (counts > 0).float().mean(-1)
+    busiest = counts.topk(min(top, counts.shape[-1]), dim=-1).values.sum(-1) / total
+    return {"rows_used": used.tolist(), f"top{top}_share": busiest.float().tolist()}
+
+
+class PoolTally:
+    """An ``on_state`` callback for ``ugsep.train.evaluate``: sums ``pool_counts`` over the user
+    states of an evaluation; ``usage()`` is then ``pool_usage`` of the sum, rounded (None before any)."""
+
+    def __init__(self, pool_size: int) -> None:
+        self.pool_size, self.counts = pool_size, None
+
+    def __call__(self, state) -> None:
+        c = pool_counts(state.kv_index, state.valid, self.pool_size).cpu()
+        self.counts = c if self.counts is None else self.counts + c
+
+    def usage(self) -> dict[str, list[list[float]]] | None:
+        if self.counts is None:
+            return None
+        return {k: [[round(x, 4) for x in kv] for kv in v] for k, v in pool_usage(self.counts).items()}

@@ -33,6 +33,7 @@ from ugsep.data.ranking_data import RankingData, batch_tensors, split_last_share
 from ugsep.features import FeatureSpec
 from ugsep.metrics import auc, logloss, uauc
 from ugsep.model import RankingModel
+from ugsep.state import UserState
 
 MIN_VAL_ROWS = 20  # fewer validation rows cannot rank epochs: refuse rather than pick by noise
 PROGRESS_SECONDS = 10.0  # a progress line at least this often during an epoch
@@ -316,9 +317,11 @@ def _load_state(path: str | Path | None, model: nn.Module, opt: torch.optim.Opti
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: RankingData, max_rows: int = 8192) -> np.ndarray:
+def predict(model: nn.Module, data: RankingData, max_rows: int = 8192,
+            on_state: Callable[[UserState], None] | None = None) -> np.ndarray:
     """Logits for every candidate of ``data``, in order. Each model call takes whole users (at
-    most ``max_rows`` candidates unless one user has more), so a user is encoded once."""
+    most ``max_rows`` candidates unless one user has more), so a user is encoded once.
+    ``on_state``: called with each call's user state (models with the UG-Sep split)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -328,13 +331,20 @@ def predict(model: nn.Module, data: RankingData, max_rows: int = 8192) -> np.nda
         idx = order[begin:end]
         if len(idx):
             users, items, user_index, _ = batch_tensors(data, idx, device)
-            out[idx] = model.score(users, items, user_index).float().cpu().numpy()
+            if on_state is not None and model.cfg.separated:
+                state = model.encode_users(users)
+                on_state(state)
+                logits = model.score_groups(state, items, user_index)
+            else:
+                logits = model.score(users, items, user_index)
+            out[idx] = logits.float().cpu().numpy()
     model.train(was_training)
     return out
 
 
-def evaluate(model: nn.Module, data: RankingData) -> dict[str, float]:
-    logits = predict(model, data)
+def evaluate(model: nn.Module, data: RankingData,
+             on_state: Callable[[UserState], None] | None = None) -> dict[str, float]:
+    logits = predict(model, data, on_state=on_state)
     return {
         "auc": auc(data.label, logits),
         "uauc": uauc(data.user_ids(), data.label, logits),
