@@ -88,19 +88,18 @@ def first_users(users, items, idx, n_users: int, per_user: int):
     return {k: v[:n_users] for k, v in users.items()}, {k: v[:n] for k, v in items.items()}, idx[:n]
 
 
-def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds per call over ``repeats`` calls after ``warmup`` calls (CUDA events on the GPU)."""
+def timed(fn, device: torch.device, warmup: int, repeats: int, back_to_back: bool = False) -> float:
+    """Median seconds per call over ``repeats`` calls after ``warmup`` calls (CUDA events on the GPU).
+    ``back_to_back`` (GPU only): the ``repeats`` calls queued one after another with one wait at the
+    end, their mean."""
     for _ in range(warmup):
         fn()
+    if back_to_back:
+        return _event_seconds(fn, repeats) / repeats
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e-3)
+            times.append(_event_seconds(fn, 1))
         else:
             t = time.perf_counter()
             fn()
@@ -108,17 +107,15 @@ def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
     return float(np.median(times))
 
 
-def streamed(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """Seconds per call with ``repeats`` calls queued back to back and one wait at the end (GPU only)."""
-    for _ in range(warmup):
-        fn()
+def _event_seconds(fn, calls: int) -> float:
+    """Seconds between CUDA events around ``calls`` calls of ``fn``, waited for once at the end."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(repeats):
+    for _ in range(calls):
         fn()
     end.record()
     end.synchronize()
-    return start.elapsed_time(end) * 1e-3 / repeats
+    return start.elapsed_time(end) * 1e-3
 
 
 def build_model(seq_len: int, encoder: str, d_model: int, device: torch.device, dtype: torch.dtype,
@@ -163,7 +160,7 @@ def run_cell(model, paths, spec, seq_len: int, per_user: int, p: dict, device, d
         t_item = timed(lambda: score(state, si, sidx), device, p["warmup"], p["repeats"])
         if p.get("profile"):
             print_profile(lambda: score(state, si, sidx), device)
-        t_stream = streamed(lambda: score(state, si, sidx), device, p["warmup"], p["repeats"]) \
+        t_stream = timed(lambda: score(state, si, sidx), device, p["warmup"], p["repeats"], back_to_back=True) \
             if device.type == "cuda" else math.nan
         t_eager = math.nan  # the item side on torch ops, where the timed one runs fused (Triton + varlen flash)
         if model.kernels is Backend.TRITON:
