@@ -184,8 +184,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen fl
 @pytest.mark.parametrize("events", [0, 5, L], ids=["no_events", "some_events", "max_len_events"])
 def test_one_users_candidates_decode_as_each_candidate_alone(events):
     """An online request (one user): grouped_attention lays the candidates' queries out as the
-    user's query sequence with no padding; each candidate's result equals its own attention over
-    its user's [null, events] (the full forward's per-row path), in shuffled candidate order."""
+    user's query sequence; each candidate's result equals its own attention over its user's
+    [null, events] (the full forward's per-row path)."""
     from ugsep.sequence import attention, grouped_attention, user_buckets
 
     torch.manual_seed(events)

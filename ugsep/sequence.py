@@ -205,10 +205,7 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, buckets
     The candidates of one user are laid out as that user's query sequence (like requests sharing
     a prefix's KV cache), so each user's K/V is read once per call, never copied per candidate:
     one attention call per bucket of ``user_buckets``."""
-    n, nq, d = q.shape
-    if len(buckets) == 1 and len(buckets[0].users) == 1:  # one user (an online request): its candidates'
-        u = buckets[0].users  # queries are its query sequence as they lie, no padding and no gathers
-        return attention(q.reshape(1, n * nq, d), k[u], v[u], key_mask[u][:, None, None, :], n_heads).view_as(q)
+    _, nq, d = q.shape
     out = torch.empty_like(q)
     for bk in buckets:
         padded = q.new_zeros(len(bk.users), bk.width, nq, d)
