@@ -40,12 +40,47 @@ def test_routing_picks_the_top_pool_row_and_expand_gathers_it():
     with torch.no_grad():
         idx, user, gate = ckv.compress(h, torch.ones(2, 3, dtype=torch.bool))
         kv = ckv.expand(idx, user)
-        logits_k = h @ ckv.router.weight[:5].T + ckv.router.bias[:5]
+        routed = (h - ckv.route_mean) / torch.sqrt(ckv.route_var + 1e-5)  # norm(H), running statistics
+        logits_k = routed @ ckv.router.weight[:5].T + ckv.router.bias[:5]
     assert gate is None
     assert torch.equal(idx[:, 0], logits_k.argmax(-1))
     assert torch.equal(kv[1, 0, 2, :6], ckv.pool[0, idx[1, 0, 2]])  # K's shared part: the routed pool row
     torch.testing.assert_close(kv[1, 1, 2, 6:], torch.nn.functional.silu(h[1, 2] @ ckv.user.weight[2:].T
                                                                           + ckv.user.bias[2:]))
+
+
+def test_events_sharing_a_large_component_still_spread_over_the_pool():
+    """200 events = one shared vector + small differences: routed on H itself one row would win
+    everywhere; norm(H) takes the shared part out, so the events spread over many rows."""
+    torch.manual_seed(0)
+    ckv = CollectiveKV(d_model=16, pool_size=64, user_dim=2)
+    h = 50.0 * torch.randn(16) + torch.randn(4, 50, 16)  # (B, L, D)
+    valid = torch.ones(4, 50, dtype=torch.bool)
+    with torch.no_grad():
+        idx = ckv.train().compress(h, valid)[0]  # this batch's statistics
+        raw = (h @ ckv.router.weight[:64].T + ckv.router.bias[:64]).argmax(-1)  # routed on H as is
+        for _ in range(150):  # the running statistics converge to the batch's
+            ckv.compress(h, valid)
+        idx_eval = ckv.eval().compress(h, valid)[0]
+    assert len(torch.unique(raw)) <= 2
+    assert len(torch.unique(idx[:, 0])) >= 30 and len(torch.unique(idx[:, 1])) >= 30
+    assert (idx_eval == idx).float().mean() > 0.95  # inference routes with the running statistics
+
+
+def test_padding_does_not_enter_the_routing_statistics():
+    ckv = CollectiveKV(d_model=8, pool_size=16, user_dim=2).train()
+    h = torch.randn(3, 5, 8)
+    valid = torch.rand(3, 5) > 0.4
+    garbage = torch.where(valid.unsqueeze(-1), h, torch.full_like(h, 1e4))
+    with torch.no_grad():
+        ckv.compress(garbage, valid)
+    events = h[valid]
+    torch.testing.assert_close(ckv.route_mean, 0.1 * events.mean(0))
+    torch.testing.assert_close(ckv.route_var, 0.9 + 0.1 * events.var(0, unbiased=False))
+    before = (ckv.route_mean.clone(), ckv.route_var.clone())
+    with torch.no_grad():
+        ckv.compress(garbage, torch.zeros(3, 5, dtype=torch.bool))  # no event: statistics kept
+    assert torch.equal(ckv.route_mean, before[0]) and torch.equal(ckv.route_var, before[1])
 
 
 def test_the_losses_peak_and_balance():

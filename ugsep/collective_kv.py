@@ -3,13 +3,21 @@ across users, so a learnable pool holds it and each user keeps only pool indices
 user-specific dimensions.
 
 For one layer's sequence representation H (B, L, D), separately for K and for V:
-    idx    = argmax_j (H W_r)_j                    top-1 routing over ``pool_size`` pool rows
+    idx    = argmax_j (norm(H) W_r)_j              top-1 routing over ``pool_size`` pool rows
     K      = [gate * P_K[idx] ; SiLU(H W_u)]       (B, L, D - d_user) shared ; (B, L, d_user) user
     gate   = sigmoid(top-1 logit)                  training only: the peak loss drives it to 1,
                                                    so inference uses P_K[idx] as is
 Training adds (``aux_loss``, weighted by the trainer):
     peak loss     -mean log gate                   over the valid positions
     balance loss  KL(mean routing distribution || uniform), over the valid positions
+
+norm(H) standardizes each feature over the sequence positions (batch statistics in training,
+running ones at inference, as batch norm does). A sequence representation shares a large
+component across all positions (biases, normalization), so an unnormalized router ranks the
+pool rows almost the same way for every event: at initialization a handful of rows serve
+every position, and neither loss breaks that (the peak loss only raises the winner's logit;
+the balance loss sees the mean softmax, not the winners). Centred, the router sends different
+events to different rows from the first step.
 
 What a user's state keeps per layer and position: the two indices and the two user parts
 (``compress``); ``expand`` rebuilds K and V from them and the pool, on the device, where
@@ -37,12 +45,15 @@ class CollectiveKV(nn.Module):
         self.router = nn.Linear(d_model, 2 * pool_size)  # W_r for K, then for V
         self.user = nn.Linear(d_model, 2 * user_dim)  # W_u for K, then for V
         self.pool = nn.Parameter(torch.randn(2, pool_size, d_model - user_dim) / math.sqrt(d_model))  # P_K, P_V
+        self.register_buffer("route_mean", torch.zeros(d_model))  # norm(H)'s running statistics
+        self.register_buffer("route_var", torch.ones(d_model))
         self.aux_loss: Tensor | None = None  # set by ``compress`` in training mode, read by the trainer
 
     def compress(self, h: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """h (B, L, D), valid (B, L) -> (idx (B, 2, L) int64, user parts (B, 2, L, d_user), gate
         (B, 2, L) in training, else None). Training also sets ``aux_loss``."""
-        logits = self.router(h).unflatten(-1, (2, self.pool_size)).transpose(1, 2)  # (B, 2, L, P)
+        routed = self.router(self._route_norm(h, valid))  # (B, L, 2P)
+        logits = routed.unflatten(-1, (2, self.pool_size)).transpose(1, 2)  # (B, 2, L, P)
         top, idx = logits.max(-1)
         user = F.silu(self.user(h)).unflatten(-1, (2, self.user_dim)).transpose(1, 2)  # (B, 2, L, d_user)
         if not self.training:
@@ -50,6 +61,24 @@ class CollectiveKV(nn.Module):
         gate = torch.sigmoid(top)
         self.aux_loss = self._losses(logits, gate, valid)
         return idx, user, gate
+
+    def _route_norm(self, h: Tensor, valid: Tensor) -> Tensor:
+        """norm(H): (B, L, D) standardized per feature over the valid positions (training: this
+        batch's, folded into the running statistics with momentum 0.1; inference, or a training
+        batch with fewer than two events: the running ones)."""
+        mean, var = self.route_mean, self.route_var
+        if self.training:
+            w = valid.unsqueeze(-1).float()  # (B, L, 1)
+            n = w.sum()
+            b_mean = (h.float() * w).sum((0, 1)) / n.clamp(min=1.0)
+            b_var = (((h.float() - b_mean) ** 2) * w).sum((0, 1)) / n.clamp(min=1.0)
+            enough = n > 1  # a tensor test, no host sync
+            mean, var = torch.where(enough, b_mean, mean.float()), torch.where(enough, b_var, var.float())
+            with torch.no_grad():
+                step = 0.1 * enough.to(self.route_mean.dtype)
+                self.route_mean.lerp_(mean.detach().to(self.route_mean.dtype), step)
+                self.route_var.lerp_(var.detach().to(self.route_var.dtype), step)
+        return ((h - mean) * torch.rsqrt(var + 1e-5)).to(h.dtype)
 
     def _losses(self, logits: Tensor, gate: Tensor, valid: Tensor) -> Tensor:
         """peak + balance over the valid positions (0 when the batch has none)."""
