@@ -68,10 +68,10 @@ class CollectiveKV(nn.Module):
         batch with fewer than two events: the running ones)."""
         mean, var = self.route_mean, self.route_var
         if self.training:
-            w = valid.unsqueeze(-1).float()  # (B, L, 1)
+            hf, w = h.float(), valid.unsqueeze(-1).float()  # (B, L, D), (B, L, 1)
             n = w.sum()
-            b_mean = (h.float() * w).sum((0, 1)) / n.clamp(min=1.0)
-            b_var = (((h.float() - b_mean) ** 2) * w).sum((0, 1)) / n.clamp(min=1.0)
+            b_mean = (hf * w).sum((0, 1)) / n.clamp(min=1.0)
+            b_var = (((hf - b_mean) ** 2) * w).sum((0, 1)) / n.clamp(min=1.0)
             enough = n > 1  # a tensor test, no host sync
             mean, var = torch.where(enough, b_mean, mean.float()), torch.where(enough, b_var, var.float())
             with torch.no_grad():

@@ -8,6 +8,8 @@ of candidates per user from that state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -188,10 +190,15 @@ class RankingModel(nn.Module):
             d.ckv.aux_loss = None
         return sum(losses) if losses else 0.0
 
-    def score(self, users: dict[str, Tensor], items: dict[str, Tensor], user_index: Tensor) -> Tensor:
-        """The fastest exact path: split for ugsep and hyformer, full forward for rankmixer."""
+    def score(self, users: dict[str, Tensor], items: dict[str, Tensor], user_index: Tensor,
+              on_state: Callable[[UserState], None] | None = None) -> Tensor:
+        """The fastest exact path: split for ugsep and hyformer, full forward for rankmixer.
+        ``on_state``: called with the user state the split computes (rankmixer has none)."""
         if self.cfg.separated:
-            return self.score_groups(self.encode_users(users), items, user_index)
+            state = self.encode_users(users)
+            if on_state is not None:
+                on_state(state)
+            return self.score_groups(state, items, user_index)
         return self(users, items, user_index)
 
     # --- kernels ---

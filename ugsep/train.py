@@ -331,13 +331,8 @@ def predict(model: nn.Module, data: RankingData, max_rows: int = 8192,
         idx = order[begin:end]
         if len(idx):
             users, items, user_index, _ = batch_tensors(data, idx, device)
-            if on_state is not None and model.cfg.separated:
-                state = model.encode_users(users)
-                on_state(state)
-                logits = model.score_groups(state, items, user_index)
-            else:
-                logits = model.score(users, items, user_index)
-            out[idx] = logits.float().cpu().numpy()
+            kw = {"on_state": on_state} if on_state is not None else {}  # other models' score (DeepFM) has none
+            out[idx] = model.score(users, items, user_index, **kw).float().cpu().numpy()
     model.train(was_training)
     return out
 
